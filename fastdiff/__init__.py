@@ -1,0 +1,52 @@
+"""fastdiff: fast fused kernels and an exact PyTorch reference for text diffusion models.
+
+Public ops (each validates its inputs, then runs a Triton kernel or the reference, see
+:mod:`fastdiff.backend`):
+
+- noising: :func:`corrupt`, :func:`corrupt_dense`, :func:`q_sample`
+- losses: :func:`score_entropy`, :func:`masked_diffusion_loss`, :func:`gaussian_loss`,
+  :func:`d3pm_hybrid_loss`
+- sampling: :func:`sample_categorical`, the SEDD / MDLM / confidence / D3PM updates and the
+  Gaussian DDPM / DDIM steps
+- schedules: :mod:`fastdiff.schedules`
+"""
+
+from fastdiff import schedules
+from fastdiff.backend import get_backend, register_kernel, set_backend, use_backend
+from fastdiff.checks import set_value_checks
+from fastdiff.losses import masked_diffusion_loss, score_entropy
+from fastdiff.noising import corrupt, corrupt_dense
+from fastdiff.sampling import sample_categorical
+from fastdiff.unmasking import confidence_unmask_step, select_commits, unmask_quota
+from fastdiff.updates import (
+    mdlm_step,
+    sedd_analytic_step,
+    sedd_denoise_step,
+    sedd_euler_step,
+    unmask_candidates,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "confidence_unmask_step",
+    "corrupt",
+    "corrupt_dense",
+    "get_backend",
+    "masked_diffusion_loss",
+    "mdlm_step",
+    "register_kernel",
+    "sample_categorical",
+    "schedules",
+    "score_entropy",
+    "sedd_analytic_step",
+    "sedd_denoise_step",
+    "sedd_euler_step",
+    "select_commits",
+    "set_backend",
+    "set_value_checks",
+    "unmask_candidates",
+    "unmask_quota",
+    "use_backend",
+]

@@ -1,0 +1,146 @@
+"""Backend selection: the one place that decides whether an op runs a Triton kernel or the
+PyTorch reference.
+
+Backends:
+
+- ``"reference"``: the pure-PyTorch implementation of ``fastdiff.reference`` (any device,
+  any floating dtype, float64 included). This is "CPU reference mode".
+- ``"triton"``: a fused Triton kernel registered for the op with :func:`register_kernel`.
+- ``"auto"`` (default): the Triton kernel when the op's tensors are on a CUDA device, Triton
+  is importable and a kernel is registered for the op; the reference otherwise.
+
+The choice comes from, in order of precedence: the innermost :func:`use_backend` context,
+:func:`set_backend`, the ``FASTDIFF_BACKEND`` environment variable, ``"auto"``.
+
+Kernel modules register themselves op by op::
+
+    @register_kernel("score_entropy")
+    def score_entropy_triton(log_score, x_t, x0, sigma, ...): ...
+
+Public functions call :func:`resolve` with the op name and the device of their inputs and
+then call the implementation it returns with the reference's signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+ENV_VAR = "FASTDIFF_BACKEND"
+
+_kernels: dict[str, Callable] = {}
+_global_choice: str | None = None
+_local = threading.local()
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"unknown fastdiff backend {name!r}; expected one of {BACKENDS}")
+    return name.lower()
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for the whole process: ``"auto"``, ``"triton"`` or ``"reference"``."""
+    global _global_choice
+    _global_choice = _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager selecting a backend for the calls made inside it (thread-local)."""
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(_check_name(name))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def get_backend() -> str:
+    """The backend name in force here: context, then :func:`set_backend`, then the env var."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    if _global_choice is not None:
+        return _global_choice
+    return _check_name(os.environ.get(ENV_VAR, "auto") or "auto")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton imports. Under ``TRITON_INTERPRET=1`` kernels also run on CPU tensors."""
+    try:
+        importlib.import_module("triton")
+    except Exception:
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then accept CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def register_kernel(op: str) -> Callable[[Callable], Callable]:
+    """Decorator registering ``fn`` as the Triton implementation of ``op``."""
+
+    def decorator(fn: Callable) -> Callable:
+        _kernels[op] = fn
+        return fn
+
+    return decorator
+
+
+def registered_kernels() -> tuple[str, ...]:
+    """Names of the ops that have a Triton implementation registered."""
+    _load_kernels()
+    return tuple(sorted(_kernels))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_kernels() -> None:
+    # Importing fastdiff.kernels registers every kernel; it is done lazily so that importing
+    # fastdiff stays light and works without Triton.
+    if triton_available():
+        importlib.import_module("fastdiff.kernels")
+
+
+def _kernel_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+
+
+def resolve(op: str, reference: Callable, device: torch.device) -> Callable:
+    """Return the implementation of ``op`` for tensors on ``device``.
+
+    ``reference`` is the op's reference function; it is returned unless the backend in force
+    (see module docstring) picks the Triton kernel. Asking for ``"triton"`` where no kernel can
+    run raises instead of silently falling back.
+    """
+    choice = get_backend()
+    if choice == "reference":
+        return reference
+    if triton_available():
+        _load_kernels()
+    kernel = _kernels.get(op)
+    if choice == "auto":
+        if kernel is not None and device.type == "cuda":
+            return kernel
+        return reference
+    # choice == "triton"
+    if not triton_available():
+        raise RuntimeError(f"backend 'triton' requested for {op} but Triton is not importable")
+    if kernel is None:
+        raise NotImplementedError(f"backend 'triton' requested but {op} has no Triton kernel yet")
+    if not _kernel_runs_on(device):
+        raise RuntimeError(
+            f"backend 'triton' requested for {op} on {device}: Triton kernels need CUDA tensors "
+            "(or TRITON_INTERPRET=1 for CPU tensors)"
+        )
+    return kernel

@@ -1,0 +1,206 @@
+"""Reference reverse (sampling) updates of discrete diffusion (ops.md 4a-4d), flattened.
+
+Shapes: model output ``[N, V]``, tokens ``x [N]`` int64, per-row float64 scalars ``[N]``,
+``fixed`` bool ``[N]`` or ``None``. Each update forms the row's transition weights in float64
+(log space) and draws with :func:`fastdiff.reference.sampling.race`, keyed by the global row
+index. Rows with nothing to do (unmasked rows of absorbing updates, fixed rows) keep their
+token and are not read; a row whose weights are all zero keeps its token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastdiff.reference.sampling import race
+
+Seed = int | torch.Tensor
+
+
+def _active_rows(x: torch.Tensor, fixed: torch.Tensor | None, mask_id: int | None) -> torch.Tensor:
+    active = torch.ones_like(x, dtype=torch.bool) if mask_id is None else x == mask_id
+    if fixed is not None:
+        active &= ~fixed
+    return torch.nonzero(active).squeeze(1)
+
+
+def _draw(
+    log_w: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, seed: Seed, offset: int
+) -> torch.Tensor:
+    """Race over ``log_w [len(rows), V]`` and write the draws into a copy of ``x``."""
+    drawn = race(log_w, rows, seed, offset)
+    old = x.index_select(0, rows)
+    drawn = torch.where(log_w.amax(-1) > -torch.inf, drawn, old)
+    return x.index_copy(0, rows, drawn)
+
+
+def _fill_column(t: torch.Tensor, col: int | torch.Tensor, value: float | torch.Tensor):
+    """``t`` with ``t[i, col_i] = value_i`` (``col`` an int or a per-row index tensor)."""
+    if isinstance(col, int):
+        col = torch.full((t.shape[0],), col, dtype=torch.int64, device=t.device)
+    if not isinstance(value, torch.Tensor):
+        value = torch.full((t.shape[0],), value, dtype=t.dtype, device=t.device)
+    return t.scatter(-1, col[:, None], value[:, None].to(t.dtype))
+
+
+def _log_clamped(w: torch.Tensor) -> torch.Tensor:
+    return torch.log(torch.clamp(w, min=0.0))
+
+
+def sedd_euler(
+    log_score: torch.Tensor,
+    x: torch.Tensor,
+    rate: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: Seed,
+    offset: int,
+    graph: str,
+    mask_id: int,
+) -> torch.Tensor:
+    """SEDD Euler step with ``rate = dt * dsigma`` per row (ops.md 4a).
+
+    absorbing, masked rows: ``w_j = rate S_j`` (j != m), ``w_m = max(0, 1 - rate sum_{j != m} S_j)``.
+    uniform, every row: ``w_j = rate S_j / V`` (j != x), ``w_x = max(0, 1 - rate sum_{j != x} S_j / V)``.
+    """
+    absorb = graph == "absorb"
+    rows = _active_rows(x, fixed, mask_id if absorb else None)
+    s = log_score.index_select(0, rows).to(torch.float64)
+    xr = x.index_select(0, rows)
+    scale = rate.index_select(0, rows)
+    if not absorb:
+        scale = scale / s.shape[-1]
+    stay_col = mask_id if absorb else xr
+    log_w = s + torch.log(scale)[:, None]
+    log_w = _fill_column(log_w, stay_col, -torch.inf)
+    stay = 1.0 - torch.exp(log_w).sum(-1)
+    log_w = _fill_column(log_w, stay_col, _log_clamped(stay))
+    return _draw(log_w, x, rows, seed, offset)
+
+
+def _uniform_tweedie(
+    s: torch.Tensor, xr: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """Log of ``stag(S, D) * T(x, D)`` for the uniform graph (ops.md 4b), clamped at 0."""
+    vocab = s.shape[-1]
+    score = torch.exp(_fill_column(s, xr, 0.0))  # S_x = 1
+    d = delta[:, None]
+    stag = torch.exp(d) * score - torch.expm1(d) / vocab * score.sum(-1, keepdim=True)
+    leave = -torch.expm1(-d) / vocab
+    trans = _fill_column(leave.expand_as(s), xr, (torch.exp(-d) + leave).squeeze(-1))
+    return _log_clamped(stag * trans)
+
+
+def sedd_analytic(
+    log_score: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: Seed,
+    offset: int,
+    graph: str,
+    mask_id: int,
+) -> torch.Tensor:
+    """SEDD analytic (Tweedie tau-leaping) step with ``delta = sigma(t) - sigma(t - dt)``.
+
+    absorbing, masked rows: ``p_j = expm1(D) S_j`` (j != m), ``p_m = max(0, 1 - expm1(D) sum S)``.
+    uniform: ``p = stag(S, D) * T(x, D)`` (ops.md 4b), negative products clamped at 0.
+    """
+    absorb = graph == "absorb"
+    rows = _active_rows(x, fixed, mask_id if absorb else None)
+    s = log_score.index_select(0, rows).to(torch.float64)
+    d = delta.index_select(0, rows)
+    if absorb:
+        log_w = _fill_column(s + torch.log(torch.expm1(d))[:, None], mask_id, -torch.inf)
+        stay = 1.0 - torch.exp(log_w).sum(-1)
+        log_w = _fill_column(log_w, mask_id, _log_clamped(stay))
+    else:
+        log_w = _uniform_tweedie(s, x.index_select(0, rows), d)
+    return _draw(log_w, x, rows, seed, offset)
+
+
+def sedd_denoise(
+    log_score: torch.Tensor,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: Seed,
+    offset: int,
+    graph: str,
+    mask_id: int,
+) -> torch.Tensor:
+    """Final denoising step at ``sigma_min`` (ops.md 4b): no token is left masked.
+
+    absorbing, masked rows: ``p_j ∝ S_j`` over ``j != m``; uniform: the analytic product with
+    ``D = sigma``.
+    """
+    absorb = graph == "absorb"
+    rows = _active_rows(x, fixed, mask_id if absorb else None)
+    s = log_score.index_select(0, rows).to(torch.float64)
+    if absorb:
+        log_w = _fill_column(s, mask_id, -torch.inf)
+    else:
+        log_w = _uniform_tweedie(s, x.index_select(0, rows), sigma.index_select(0, rows))
+    return _draw(log_w, x, rows, seed, offset)
+
+
+def mdlm_ancestral(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    sigma_t: torch.Tensor,
+    sigma_s: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: Seed,
+    offset: int,
+    mask_id: int,
+) -> torch.Tensor:
+    """MDLM ancestral step from time t to s < t (ops.md 4c), masked rows only.
+
+    ``p = softmax(logits, m excluded)``, ``mc = 1 - e^-sigma``:
+    ``q_j = p_j (mc_t - mc_s)`` (j != m), ``q_m = mc_s``.
+    """
+    rows = _active_rows(x, fixed, mask_id)
+    lr = logits.index_select(0, rows).to(torch.float64)
+    logp = torch.log_softmax(_fill_column(lr, mask_id, -torch.inf), -1)
+    st, ss = sigma_t.index_select(0, rows), sigma_s.index_select(0, rows)
+    # log(mc_t - mc_s) = log(e^-ss - e^-st) = -ss + log(-expm1(ss - st))
+    log_unmask = -ss + torch.log(-torch.expm1(ss - st))
+    log_stay = torch.log(-torch.expm1(-ss))
+    log_w = _fill_column(logp + log_unmask[:, None], mask_id, log_stay)
+    return _draw(log_w, x, rows, seed, offset)
+
+
+def unmask_candidates(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: Seed,
+    offset: int,
+    mask_id: int,
+    temperature: float,
+    confidence: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposal and confidence per masked row (ops.md 4d).
+
+    ``p = softmax(logits, m excluded)``; the proposal ``xhat`` is ``argmax p`` (temperature 0)
+    or a Gumbel draw from ``p^(1/temperature)``; the confidence is ``p(xhat)`` (``"prob"``),
+    ``p1 - p2`` (``"margin"``) or ``sum p log p`` (``"entropy"``, the negative entropy).
+    Returns ``(xhat [N], confidence [N] float32)``: non-masked and fixed rows get ``x`` and
+    ``-inf``.
+    """
+    rows = _active_rows(x, fixed, mask_id)
+    lr = logits.index_select(0, rows).to(torch.float64)
+    logp = torch.log_softmax(_fill_column(lr, mask_id, -torch.inf), -1)
+    if temperature == 0.0:
+        xhat = logp.argmax(-1)
+    else:
+        xhat = race(logp / temperature, rows, seed, offset)
+    p = torch.exp(logp)
+    if confidence == "prob":
+        conf = p.gather(-1, xhat[:, None]).squeeze(-1)
+    elif confidence == "margin":
+        top = torch.topk(p, min(2, p.shape[-1]), dim=-1).values
+        conf = top[:, 0] - (top[:, 1] if top.shape[-1] > 1 else 0.0)
+    else:
+        conf = torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    out_x = x.index_copy(0, rows, xhat)
+    out_conf = torch.full(x.shape, -torch.inf, dtype=torch.float32, device=x.device)
+    return out_x, out_conf.index_copy(0, rows, conf.float())
