@@ -1,0 +1,141 @@
+"""Backend selection: env var, set_backend, context manager, kernel registration, light import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastdiff
+from fastdiff import backend
+
+
+def _reference(*args):
+    return "reference"
+
+
+def _kernel(*args):
+    return "kernel"
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    """Register a kernel for a made-up op (without touching the real registry)."""
+    monkeypatch.setitem(backend._kernels, "fake_op", _kernel)
+    monkeypatch.setattr(backend, "_global_choice", None)
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    return "fake_op"
+
+
+def test_default_is_auto_and_cpu_runs_the_reference(fake_kernel):
+    assert fastdiff.get_backend() == "auto"
+    impl = backend.resolve(fake_kernel, _reference, torch.device("cpu"))
+    assert impl is _reference
+
+
+def test_auto_picks_the_kernel_for_cuda_tensors(fake_kernel):
+    if not backend.triton_available():
+        pytest.fail("triton is a dependency on Linux and must import")
+    impl = backend.resolve(fake_kernel, _reference, torch.device("cuda", 0))
+    assert impl is _kernel
+
+
+def test_auto_falls_back_when_no_kernel_is_registered(fake_kernel):
+    impl = backend.resolve("op_without_kernel", _reference, torch.device("cuda", 0))
+    assert impl is _reference
+
+
+def test_env_var_selects_backend(fake_kernel, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "reference")
+    assert fastdiff.get_backend() == "reference"
+    assert backend.resolve(fake_kernel, _reference, torch.device("cuda", 0)) is _reference
+    monkeypatch.setenv(backend.ENV_VAR, "TRITON")
+    assert fastdiff.get_backend() == "triton"
+
+
+def test_set_backend_overrides_env_and_context_overrides_both(fake_kernel, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "triton")
+    fastdiff.set_backend("reference")
+    assert fastdiff.get_backend() == "reference"
+    with fastdiff.use_backend("auto"):
+        assert fastdiff.get_backend() == "auto"
+        with fastdiff.use_backend("triton"):
+            assert fastdiff.get_backend() == "triton"
+        assert fastdiff.get_backend() == "auto"
+    assert fastdiff.get_backend() == "reference"
+
+
+def test_context_manager_restores_on_error(fake_kernel):
+    with pytest.raises(RuntimeError, match="boom"), fastdiff.use_backend("reference"):
+        raise RuntimeError("boom")
+    assert fastdiff.get_backend() == "auto"
+
+
+def test_unknown_backend_names_are_rejected(fake_kernel, monkeypatch):
+    with pytest.raises(ValueError, match="unknown fastdiff backend"):
+        fastdiff.set_backend("cuda")
+    with pytest.raises(ValueError, match="unknown fastdiff backend"), fastdiff.use_backend("x"):
+        pass
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="unknown fastdiff backend"):
+        fastdiff.get_backend()
+
+
+def test_forced_triton_on_cpu_without_interpreter_raises(fake_kernel):
+    with fastdiff.use_backend("triton"), pytest.raises(RuntimeError, match="CUDA tensors"):
+        backend.resolve(fake_kernel, _reference, torch.device("cpu"))
+
+
+def test_forced_triton_on_cpu_with_interpreter_runs_kernel(fake_kernel, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with fastdiff.use_backend("triton"):
+        assert backend.resolve(fake_kernel, _reference, torch.device("cpu")) is _kernel
+
+
+def test_forced_triton_without_kernel_raises(fake_kernel):
+    with fastdiff.use_backend("triton"), pytest.raises(NotImplementedError, match="no Triton"):
+        backend.resolve("op_without_kernel", _reference, torch.device("cuda", 0))
+
+
+def test_public_ops_follow_the_backend_choice(monkeypatch):
+    """A kernel registered under a real op name is what the public function calls."""
+    calls = []
+
+    def fake_corrupt(x0, sigma, fixed, seed, offset, graph, vocab, mask_id):
+        calls.append(graph)
+        return x0.clone()
+
+    monkeypatch.setitem(backend._kernels, "corrupt", fake_corrupt)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x0 = torch.tensor([1, 2, 3])
+    with fastdiff.use_backend("triton"):
+        out = fastdiff.corrupt(x0, 5.0, graph="absorb", vocab_size=5, mask_id=4, seed=0)
+    assert calls == ["absorb"] and torch.equal(out, x0)
+    with fastdiff.use_backend("reference"):
+        out = fastdiff.corrupt(x0, 50.0, graph="absorb", vocab_size=5, mask_id=4, seed=0)
+    assert calls == ["absorb"] and torch.equal(out, torch.full_like(x0, 4))
+
+
+def test_import_is_light_and_works_without_triton():
+    """Importing fastdiff must not import triton, and must work when triton is missing."""
+    code = (
+        "import sys\n"
+        "import fastdiff\n"
+        "assert 'triton' not in sys.modules, 'fastdiff imported triton eagerly'\n"
+        "sys.modules['triton'] = None  # make `import triton` fail from here on\n"
+        "from fastdiff import backend\n"
+        "backend.triton_available.cache_clear()\n"
+        "assert not backend.triton_available()\n"
+        "import torch\n"
+        "x = fastdiff.corrupt(torch.tensor([0, 1]), 1.0, graph='uniform', vocab_size=3, seed=1)\n"
+        "print(backend.resolve('score_entropy_absorb', print, torch.device('cuda')) is print)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (backend.ENV_VAR, "TRITON_INTERPRET")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "True"
