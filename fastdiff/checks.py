@@ -29,8 +29,9 @@ def set_value_checks(enabled: bool) -> None:
 
 
 def value_checks_enabled() -> bool:
-    """Whether data-reading checks run (see module docstring)."""
-    return _value_checks
+    """Whether data-reading checks run (see module docstring). They are skipped while
+    ``torch.compile`` traces, where reading a tensor's values would break the graph."""
+    return _value_checks and not torch.compiler.is_compiling()
 
 
 _INT_DTYPES = (torch.int64, torch.int32)
@@ -71,7 +72,7 @@ def same_device(**tensors: torch.Tensor | None) -> torch.device:
 
 def token_range(name: str, x: torch.Tensor, vocab_size: int) -> None:
     """Every id of ``x`` lies in ``[0, vocab_size)``."""
-    if _value_checks and x.numel():
+    if value_checks_enabled() and x.numel():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
@@ -113,7 +114,7 @@ def reduction(reduction: str) -> str:
 
 def finite(name: str, x: torch.Tensor, *, allow_neg_inf: bool = False) -> None:
     """No NaN (and no inf, except ``-inf`` when ``allow_neg_inf``) in ``x``."""
-    if not _value_checks or not x.numel():
+    if not value_checks_enabled() or not x.numel():
         return
     if allow_neg_inf:
         bad = bool(torch.isnan(x).any()) or bool(torch.isposinf(x).any())
@@ -157,7 +158,7 @@ def per_position(
             raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
         t = torch.full(batch_shape, float(value), device=device, dtype=dtype)
         check = torch.tensor(float(value))
-    if _value_checks or not isinstance(value, torch.Tensor):
+    if value_checks_enabled() or not isinstance(value, torch.Tensor):
         if bool(torch.isnan(check).any()):
             raise ValueError(f"{name} contains NaN")
         if positive and bool((check <= 0).any()):

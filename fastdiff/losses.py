@@ -2,8 +2,9 @@
 
 Each function validates its arguments, flattens ``[*B, V]`` scores to ``[N, V]``, picks the
 backend (:mod:`fastdiff.backend`) and applies the per-position weight, the ignore mask and the
-reduction. Backends implement the per-row loss on flattened tensors:
-``impl(scores [N, V], x_t [N], x0 [N], sigma [N] | None, mask_id) -> [N]``.
+reduction. Backends implement the weighted per-row loss on flattened tensors (the weight, with
+ignored rows zeroed, goes to the backend so a fused kernel folds it into the gradient), e.g.
+``impl(log_score [N, V], x_t [N], x0 [N], sigma [N], mask_id, weight [N] | None) -> [N]``.
 """
 
 from __future__ import annotations
@@ -14,19 +15,33 @@ from fastdiff import backend, checks
 from fastdiff.reference import losses as ref
 
 
+def _row_weight(
+    weight: float | torch.Tensor | None,
+    ignore: torch.Tensor | None,
+    batch_shape: torch.Size,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The per-row factor handed to the backend: ``weight`` with ignored rows set to 0."""
+    if weight is None and ignore is None:
+        return None
+    w = torch.ones(batch_shape, device=device, dtype=dtype)
+    if weight is not None:
+        w = checks.per_position("weight", weight, batch_shape, device=device, dtype=dtype)
+    if ignore is not None:
+        w = torch.where(ignore, torch.zeros((), device=device, dtype=dtype), w)
+    return w.reshape(-1)
+
+
 def _reduce(
     loss: torch.Tensor,
     batch_shape: torch.Size,
-    weight: float | torch.Tensor | None,
     ignore: torch.Tensor | None,
     reduction: str,
 ) -> torch.Tensor:
     loss = loss.reshape(batch_shape)
-    if weight is not None:
-        loss = loss * checks.per_position(
-            "weight", weight, batch_shape, device=loss.device, dtype=loss.dtype
-        )
     if ignore is not None:
+        # the weight is 0 there already; this also clears inf / NaN of ignored rows
         loss = torch.where(ignore, torch.zeros((), dtype=loss.dtype, device=loss.device), loss)
     if reduction == "none":
         return loss
@@ -85,14 +100,15 @@ def score_entropy(
     checks.finite("log_score", log_score, allow_neg_inf=True)
     dtype = ref.compute_dtype(log_score.dtype)
     sig = checks.per_position("sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True)
+    w = _row_weight(weight, ignore, batch_shape, device, dtype)
     flat = (log_score.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), sig.reshape(-1))
     if graph == "absorb":
         impl = backend.resolve("score_entropy_absorb", ref.score_entropy_absorb, device)
-        loss = impl(*flat, m)
+        loss = impl(*flat, m, w)
     else:
         impl = backend.resolve("score_entropy_uniform", ref.score_entropy_uniform, device)
-        loss = impl(*flat)
-    return _reduce(loss, batch_shape, weight, ignore, reduction)
+        loss = impl(*flat, w)
+    return _reduce(loss, batch_shape, ignore, reduction)
 
 
 def masked_diffusion_loss(
@@ -128,6 +144,7 @@ def masked_diffusion_loss(
     if checks.value_checks_enabled() and bool((x0 == m).any()):
         raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
     checks.finite("logits", logits, allow_neg_inf=True)
+    w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(logits.dtype))
     impl = backend.resolve("masked_diffusion_loss", ref.masked_diffusion_loss, device)
-    loss = impl(logits.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), m)
-    return _reduce(loss, x_t.shape, weight, ignore, reduction)
+    loss = impl(logits.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), m, w)
+    return _reduce(loss, x_t.shape, ignore, reduction)

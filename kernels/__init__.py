@@ -2,6 +2,11 @@
 
 Importing this package registers each kernel with :func:`fastdiff.backend.register_kernel`
 under the op name of the reference function it replaces (same signature). It is imported
-lazily by :mod:`fastdiff.backend`, only when Triton is importable. No kernel is registered
-yet: every op runs its reference until the kernel issues land.
+lazily by :mod:`fastdiff.backend`, only when Triton is importable. Ops without a kernel here
+run their reference on every device.
+
+Registered so far: the training losses (``score_entropy_absorb``, ``score_entropy_uniform``,
+``masked_diffusion_loss``, in :mod:`fastdiff.kernels.fused_loss`).
 """
+
+from fastdiff.kernels import fused_loss  # noqa: F401  (registers the loss kernels)

@@ -2,9 +2,9 @@
 
 Shapes: ``log_score`` / ``logits`` ``[N, V]`` (any float dtype; fp16/bf16 computed in fp32),
 tokens ``x_t``, ``x0`` int64 ``[N]``, per-row ``sigma`` / ``dsigma`` / ``weight`` ``[N]``,
-``ignore`` bool ``[N]`` or ``None``. Every function returns the per-row loss ``[N]`` in the
-compute dtype (reductions are applied by the public API) and is differentiable with respect
-to the scores through autograd.
+Every function returns the per-row loss ``[N]`` (times the optional
+per-row ``weight``, which a fused kernel folds into its gradient) in the compute dtype;
+reductions are applied by the public API. Differentiable in the scores through autograd.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def score_entropy_absorb(
     x0: torch.Tensor,
     sigma: torch.Tensor,
     mask_id: int,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Absorbing-graph denoising score entropy per row.
+    """Absorbing-graph denoising score entropy per row (times ``weight [N]`` when given).
 
     Rows with ``x_t != m`` give 0. For ``x_t = m``, with ``S = exp(s)`` and
     ``r = 1 / expm1(sigma)`` (the true ratio of ``x0`` to the mask)::
@@ -52,7 +53,10 @@ def score_entropy_absorb(
     pos = s.index_fill(-1, torch.tensor([mask_id], device=s.device), -torch.inf).exp().sum(-1)
     neg = r * s.gather(-1, x0.index_select(0, rows)[:, None]).squeeze(-1)
     const = r * (log_r - 1.0)
-    return _scatter_rows(rows, pos - neg + const, n)
+    loss = pos - neg + const
+    if weight is not None:
+        loss = loss * weight.index_select(0, rows).to(dtype)
+    return _scatter_rows(rows, loss, n)
 
 
 def uniform_ratio(sigma: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +74,10 @@ def score_entropy_uniform(
     x_t: torch.Tensor,
     x0: torch.Tensor,
     sigma: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Uniform-graph denoising score entropy per row (ops.md 3a, stable ratio).
+    """Uniform-graph denoising score entropy per row (ops.md 3a, stable ratio), times
+    ``weight [N]`` when given.
 
     With ``e = expm1(sigma)``, ``ratio = e / (e + V)``, ``pos = (1/V) sum_{j != x} S_j`` and
     ``neg0 = (1/V) sum_{j != x} s_j``::
@@ -100,7 +106,8 @@ def score_entropy_uniform(
         (vocab - 1) / vocab * ratio * (log_ratio - 1.0),
         ((-log_ratio - 1.0) / ratio - (vocab - 2)) / vocab,
     )
-    return pos - neg + const
+    loss = pos - neg + const
+    return loss if weight is None else loss * weight.to(dtype)
 
 
 def masked_diffusion_loss(
@@ -108,8 +115,9 @@ def masked_diffusion_loss(
     x_t: torch.Tensor,
     x0: torch.Tensor,
     mask_id: int,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Masked-diffusion (MDLM SUBS) cross entropy per row, before weighting.
+    """Masked-diffusion (MDLM SUBS) cross entropy per row, times ``weight [N]`` when given.
 
     ``logp = log_softmax(logits with column m removed)``; masked rows give ``-logp[x0]``,
     the others 0. The mask column is excluded with a true ``-inf`` in the compute dtype
@@ -121,4 +129,6 @@ def masked_diffusion_loss(
     lr = logits.index_select(0, rows).to(dtype)
     lr = lr.index_fill(-1, torch.tensor([mask_id], device=lr.device), -torch.inf)
     nll = torch.nn.functional.cross_entropy(lr, x0.index_select(0, rows), reduction="none")
+    if weight is not None:
+        nll = nll * weight.index_select(0, rows).to(dtype)
     return _scatter_rows(rows, nll, n)

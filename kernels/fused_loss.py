@@ -1,0 +1,154 @@
+"""The custom op behind every fused loss kernel, and the kernels registered for the public
+losses: ``score_entropy_absorb``, ``score_entropy_uniform`` and ``masked_diffusion_loss``.
+
+``fastdiff::fused_loss`` returns the weighted per-row loss ``[N]`` (fp32) and, when asked,
+the gradient ``d loss_i / d scores_i`` ``[N, V]`` (input dtype) computed in the same pass: the
+loss is the last layer, so backward only rescales that gradient by ``grad_output`` and skips
+even that when ``grad_output`` is all ones. Its fake implementation and autograd formula are
+registered, so the public functions trace under ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastdiff.backend import register_kernel
+from fastdiff.kernels.launch import block_size
+from fastdiff.kernels.masked_diffusion import launch_mdlm
+from fastdiff.kernels.score_entropy import launch_absorb, launch_uniform
+from fastdiff.reference.losses import log_expm1, uniform_ratio
+
+_LAUNCHERS = {"absorb": launch_absorb, "uniform": launch_uniform, "mdlm": launch_mdlm}
+
+
+@torch.library.custom_op("fastdiff::fused_loss", mutates_args=())
+def fused_loss(
+    scores: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coef: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    kind: str,
+    mask_id: int,
+    need_grad: bool,
+    block_v: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kind`` in {absorb, uniform, mdlm}; ``coef`` ``[k, N]`` fp32 per-row constants;
+    ``weight`` ``[N]`` fp32 or None; ``block_v`` 0 picks the block size. Returns
+    ``(loss [N] fp32, grad [N, V] or [0, V])``."""
+    n, vocab = scores.shape
+    loss = torch.empty(n, device=scores.device, dtype=torch.float32)
+    grad = torch.empty((n if need_grad else 0, vocab), device=scores.device, dtype=scores.dtype)
+    if n:
+        _LAUNCHERS[kind](
+            scores, x_t, x0, coef, weight, loss, grad if need_grad else None, mask_id,
+            block_v or block_size(vocab),
+        )
+    return loss, grad
+
+
+@fused_loss.register_fake
+def _(scores, x_t, x0, coef, weight, kind, mask_id, need_grad, block_v):
+    n, vocab = scores.shape
+    return scores.new_empty(n, dtype=torch.float32), scores.new_empty((n if need_grad else 0, vocab))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_loss: torch.Tensor, _unused: torch.Tensor | None):
+    (grad,) = ctx.saved_tensors
+    if grad.shape[0] != grad_loss.shape[0]:
+        raise RuntimeError("fused_loss: the gradient was not computed in forward")
+    if not bool((grad_loss == 1).all()):
+        grad = grad * grad_loss[:, None].to(grad.dtype)
+    return grad, None, None, None, None, None, None, None, None
+
+
+fused_loss.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _run(
+    kind: str,
+    scores: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coef: torch.Tensor,
+    weight: torch.Tensor | None,
+    mask_id: int,
+    block_v: int,
+) -> torch.Tensor:
+    need_grad = torch.is_grad_enabled() and scores.requires_grad
+    loss, _ = fused_loss(
+        scores.contiguous(), x_t.contiguous(), x0.contiguous(), coef,
+        None if weight is None else weight.float().contiguous(), kind, mask_id, need_grad,
+        block_v,
+    )
+    return loss
+
+
+def absorb_coef(sigma: torch.Tensor) -> torch.Tensor:
+    """``(r, r (log r - 1))`` with ``r = 1/expm1(sigma)``, float64 math, fp32 ``[2, N]``."""
+    log_r = -log_expm1(sigma.double())
+    r = torch.exp(log_r)
+    return torch.stack((r, r * (log_r - 1.0))).float()
+
+
+def uniform_coef(sigma: torch.Tensor, same: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``(ratio, 1/e, K)`` of the uniform graph per row (ops.md 3a), fp32 ``[3, N]``."""
+    sig = sigma.double()
+    ratio, log_ratio = uniform_ratio(sig, vocab)
+    const = torch.where(
+        same,
+        (vocab - 1) / vocab * ratio * (log_ratio - 1.0),
+        ((-log_ratio - 1.0) / ratio - (vocab - 2)) / vocab,
+    )
+    return torch.stack((ratio, 1.0 / torch.expm1(sig), const)).float()
+
+
+@register_kernel("score_entropy_absorb")
+def score_entropy_absorb(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    mask_id: int,
+    weight: torch.Tensor | None = None,
+    *,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.losses.score_entropy_absorb` (fp32 ``[N]``)."""
+    return _run("absorb", log_score, x_t, x0, absorb_coef(sigma), weight, mask_id, block_v)
+
+
+@register_kernel("score_entropy_uniform")
+def score_entropy_uniform(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.losses.score_entropy_uniform` (fp32 ``[N]``)."""
+    coef = uniform_coef(sigma, x_t == x0, log_score.shape[-1])
+    return _run("uniform", log_score, x_t, x0, coef, weight, -1, block_v)
+
+
+@register_kernel("masked_diffusion_loss")
+def masked_diffusion_loss(
+    logits: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    mask_id: int,
+    weight: torch.Tensor | None = None,
+    *,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.losses.masked_diffusion_loss` (fp32 ``[N]``)."""
+    coef = torch.empty((0, x_t.shape[0]), device=logits.device)
+    return _run("mdlm", logits, x_t, x0, coef, weight, mask_id, block_v)
