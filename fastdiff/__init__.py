@@ -6,14 +6,26 @@ Public ops (each validates its inputs, then runs a Triton kernel or the referenc
 - noising: :func:`corrupt`, :func:`corrupt_dense`, :func:`q_sample`
 - losses: :func:`score_entropy`, :func:`masked_diffusion_loss`, :func:`gaussian_loss`,
   :func:`d3pm_hybrid_loss`
+- D3PM matrices: :mod:`fastdiff.transitions`
 - sampling: :func:`sample_categorical`, the SEDD / MDLM / confidence / D3PM updates and the
   Gaussian DDPM / DDIM steps
 - schedules: :mod:`fastdiff.schedules`
 """
 
-from fastdiff import schedules
+from fastdiff import schedules, transitions
 from fastdiff.backend import get_backend, register_kernel, set_backend, use_backend
 from fastdiff.checks import set_value_checks
+from fastdiff.d3pm import d3pm_hybrid_loss, d3pm_posterior, d3pm_posterior_logits, d3pm_step
+from fastdiff.gaussian import (
+    QSample,
+    classifier_free_guidance,
+    ddim_step,
+    ddpm_step,
+    gaussian_loss,
+    guided_logits,
+    q_sample,
+    round_to_embedding,
+)
 from fastdiff.losses import masked_diffusion_loss, score_entropy
 from fastdiff.noising import corrupt, corrupt_dense
 from fastdiff.sampling import sample_categorical
@@ -29,14 +41,26 @@ from fastdiff.updates import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "QSample",
     "__version__",
+    "classifier_free_guidance",
     "confidence_unmask_step",
     "corrupt",
     "corrupt_dense",
+    "d3pm_hybrid_loss",
+    "d3pm_posterior",
+    "d3pm_posterior_logits",
+    "d3pm_step",
+    "ddim_step",
+    "ddpm_step",
+    "gaussian_loss",
     "get_backend",
+    "guided_logits",
     "masked_diffusion_loss",
     "mdlm_step",
+    "q_sample",
     "register_kernel",
+    "round_to_embedding",
     "sample_categorical",
     "schedules",
     "score_entropy",
@@ -46,6 +70,7 @@ __all__ = [
     "select_commits",
     "set_backend",
     "set_value_checks",
+    "transitions",
     "unmask_candidates",
     "unmask_quota",
     "use_backend",

@@ -83,6 +83,24 @@ def triton_available() -> bool:
     return True
 
 
+_loaded: list[bool] = []
+
+
+def _kernels_loaded() -> bool:
+    """Import ``fastdiff.kernels`` (registering every kernel) once, if Triton imports."""
+    if not _loaded:
+        _loaded.append(triton_available())
+        if _loaded[0]:
+            importlib.import_module("fastdiff.kernels")
+    return _loaded[0]
+
+
+# What torch.compiler.assume_constant_result sets, without importing torch._dynamo here (that
+# would make `import fastdiff` slow): torch.compile then evaluates the loader once as a
+# constant instead of tracing the import machinery when the first call is a compiled one.
+_kernels_loaded._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def interpreter_enabled() -> bool:
     """True when ``TRITON_INTERPRET=1``: Triton kernels then accept CPU tensors."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -100,16 +118,8 @@ def register_kernel(op: str) -> Callable[[Callable], Callable]:
 
 def registered_kernels() -> tuple[str, ...]:
     """Names of the ops that have a Triton implementation registered."""
-    _load_kernels()
+    _kernels_loaded()
     return tuple(sorted(_kernels))
-
-
-@functools.lru_cache(maxsize=1)
-def _load_kernels() -> None:
-    # Importing fastdiff.kernels registers every kernel; it is done lazily so that importing
-    # fastdiff stays light and works without Triton.
-    if triton_available():
-        importlib.import_module("fastdiff.kernels")
 
 
 def _kernel_runs_on(device: torch.device) -> bool:
@@ -126,15 +136,14 @@ def resolve(op: str, reference: Callable, device: torch.device) -> Callable:
     choice = get_backend()
     if choice == "reference":
         return reference
-    if triton_available():
-        _load_kernels()
+    have_triton = _kernels_loaded()
     kernel = _kernels.get(op)
     if choice == "auto":
         if kernel is not None and device.type == "cuda":
             return kernel
         return reference
     # choice == "triton"
-    if not triton_available():
+    if not have_triton:
         raise RuntimeError(f"backend 'triton' requested for {op} but Triton is not importable")
     if kernel is None:
         raise NotImplementedError(f"backend 'triton' requested but {op} has no Triton kernel yet")

@@ -99,7 +99,9 @@ def score_entropy(
             raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
     checks.finite("log_score", log_score, allow_neg_inf=True)
     dtype = ref.compute_dtype(log_score.dtype)
-    sig = checks.per_position("sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True)
+    sig = checks.per_position(
+        "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
+    )
     w = _row_weight(weight, ignore, batch_shape, device, dtype)
     flat = (log_score.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), sig.reshape(-1))
     if graph == "absorb":

@@ -46,8 +46,14 @@ def corrupt(
     key = frandom.resolve_seed(seed, generator, device)
     impl = backend.resolve("corrupt", ref.corrupt, device)
     out = impl(
-        x0.reshape(-1), sig.reshape(-1), None if fixed is None else fixed.reshape(-1),
-        key, offset, graph, vocab, -1 if m is None else m,
+        x0.reshape(-1),
+        sig.reshape(-1),
+        None if fixed is None else fixed.reshape(-1),
+        key,
+        offset,
+        graph,
+        vocab,
+        -1 if m is None else m,
     )
     return out.reshape(x0.shape)
 
@@ -100,7 +106,11 @@ def corrupt_dense(
     key = frandom.resolve_seed(seed, generator, device)
     impl = backend.resolve("corrupt_dense", ref.corrupt_dense, device)
     out = impl(
-        x0.reshape(-1), transition, matrix_index,
-        None if fixed is None else fixed.reshape(-1), key, offset,
+        x0.reshape(-1),
+        transition,
+        matrix_index,
+        None if fixed is None else fixed.reshape(-1),
+        key,
+        offset,
     )
     return out.reshape(x0.shape)

@@ -9,13 +9,13 @@ reference backend and the kernels draw identical numbers whatever their block si
 
 Transforms from the 64 bits of a column:
 
-- :func:`uniform` ``U`` in ``(0, 1)``: 53 significant bits, never 0 or 1.
+- :func:`uniform` ``U`` in ``(0, 1)``: ``(k + 1/2) 2^-52`` from 52 bits, never 0 or 1.
 - :func:`exponential` ``E ~ Exp(1)``: one bit picks the half of the unit interval and 63 bits
   give ``W`` in ``(0, 1/2)`` with full relative precision, then ``E = -log(W)`` (upper half of
   ``E``) or ``E = -log1p(-W)`` (lower half). Both tails are exact to float64 rounding: ``E``
   reaches ``2^-64`` and ``44``, where float32 uniforms stop at ``6e-8`` and ``16.6``. This is
   what makes Gumbel-max sampling (``argmax w / E``) match float64 sampling for rare tokens.
-- :func:`normal`: Box-Muller with a 53-bit radius uniform and a 32-bit angle (``z`` for even
+- :func:`normal`: Box-Muller with a 52-bit radius uniform and a 32-bit angle (``z`` for even
   columns is ``R cos``, odd columns ``R sin`` of the same pair).
 
 Seeds: ops take ``seed`` (a Python int or an int64 tensor, possibly on the GPU) or a
@@ -40,7 +40,7 @@ PHILOX_ROUNDS = 10
 
 _TWO_POW_M32 = 2.0**-32
 _TWO_POW_M64 = 2.0**-64
-_TWO_POW_M53 = 2.0**-53
+_TWO_POW_M52 = 2.0**-52
 
 # Rows processed per chunk: keeps the integer temporaries of Philox in cache on the CPU.
 _CHUNK_ELEMENTS = 1 << 16
@@ -123,9 +123,9 @@ def _words(
 
 
 def _uniform_from_words(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # (k + 0.5) 2^-53 with k the top 53 bits of a:b, in (0, 1), exact in float64.
-    k = (a << 21) | (b >> 11)
-    return (k.to(torch.float64) + 0.5) * _TWO_POW_M53
+    # (k + 0.5) 2^-52 with k the top 52 bits of a:b: exact in float64, so never 0 or 1.
+    k = (a << 20) | (b >> 12)
+    return (k.to(torch.float64) + 0.5) * _TWO_POW_M52
 
 
 def _exponential_from_words(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -153,9 +153,7 @@ def _draw(
     return out
 
 
-def uniform(
-    seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_cols: int
-) -> torch.Tensor:
+def uniform(seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_cols: int) -> torch.Tensor:
     """float64 ``U(0, 1)`` of shape ``[len(rows), n_cols]`` for int64 row indices ``rows``."""
     return _draw(_uniform_from_words, seed, offset, rows, n_cols)
 
@@ -174,7 +172,7 @@ def exponential(
 def normal(seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_cols: int) -> torch.Tensor:
     """float64 ``N(0, 1)`` of shape ``[len(rows), n_cols]``.
 
-    Box-Muller per column pair: the Philox call of pair ``i`` gives a 53-bit uniform ``U``
+    Box-Muller per column pair: the Philox call of pair ``i`` gives a 52-bit uniform ``U``
     (words r0, r1) and a 32-bit angle (word r2); column ``2i`` is ``sqrt(-2 log U) cos``,
     column ``2i + 1`` the ``sin`` of the same pair.
     """

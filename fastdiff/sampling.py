@@ -79,7 +79,14 @@ def sample_categorical(
     key = frandom.resolve_seed(seed, generator, x.device)
     impl = backend.resolve("sample_categorical", ref.sample_categorical, x.device)
     index, prob = impl(
-        x.reshape(-1, vocab), is_log, key, offset, float(temperature), top_k, top_p, min_p,
+        x.reshape(-1, vocab),
+        is_log,
+        key,
+        offset,
+        float(temperature),
+        top_k,
+        top_p,
+        min_p,
         return_prob,
     )
     index = index.reshape(x.shape[:-1])

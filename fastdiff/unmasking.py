@@ -81,7 +81,9 @@ def select_commits(
     """
     checks.floating("confidence", confidence)
     if confidence.dim() != 2:
-        raise ValueError(f"confidence must have shape [batch, length], got {tuple(confidence.shape)}")
+        raise ValueError(
+            f"confidence must have shape [batch, length], got {tuple(confidence.shape)}"
+        )
     if sum(r is not None for r in (k, threshold, factor)) != 1:
         raise ValueError("pass exactly one commit rule: k, threshold or factor")
     if block_size is not None:
@@ -94,7 +96,9 @@ def select_commits(
         if isinstance(k, torch.Tensor):
             count = k.to(device=confidence.device, dtype=torch.int64).reshape(-1, 1)
             if count.shape[0] != confidence.shape[0]:
-                raise ValueError(f"k has {count.shape[0]} entries for {confidence.shape[0]} sequences")
+                raise ValueError(
+                    f"k has {count.shape[0]} entries for {confidence.shape[0]} sequences"
+                )
         elif isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be an int >= 0 or a [batch] tensor, got {k!r}")
         else:
@@ -130,8 +134,15 @@ def confidence_unmask_step(
     :func:`fastdiff.updates.unmask_candidates`, choose with :func:`select_commits`, and write
     the committed proposals. Returns the new tokens ``[B, L]``."""
     xhat, conf = unmask_candidates(
-        logits, x, mask_id=mask_id, temperature=temperature, confidence=confidence,
-        fixed=fixed, generator=generator, seed=seed, offset=offset,
+        logits,
+        x,
+        mask_id=mask_id,
+        temperature=temperature,
+        confidence=confidence,
+        fixed=fixed,
+        generator=generator,
+        seed=seed,
+        offset=offset,
     )
     commit = select_commits(conf, k=k, threshold=threshold, factor=factor, block_size=block_size)
     return torch.where(commit, xhat, x.long())

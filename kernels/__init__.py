@@ -6,7 +6,8 @@ lazily by :mod:`fastdiff.backend`, only when Triton is importable. Ops without a
 run their reference on every device.
 
 Registered so far: the training losses (``score_entropy_absorb``, ``score_entropy_uniform``,
-``masked_diffusion_loss``, in :mod:`fastdiff.kernels.fused_loss`).
+``masked_diffusion_loss``, in :mod:`fastdiff.kernels.fused_loss`) and the noising of discrete
+tokens (``corrupt``, ``corrupt_dense``, in :mod:`fastdiff.kernels.noising`).
 """
 
-from fastdiff.kernels import fused_loss  # noqa: F401  (registers the loss kernels)
+from fastdiff.kernels import fused_loss, noising  # noqa: F401  (importing registers them)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
-from fastdiff.backend import register_kernel
-from fastdiff.kernels.launch import block_size
+from fastdiff.kernels.launch import block_size, new_output
 from fastdiff.kernels.masked_diffusion import launch_mdlm
 from fastdiff.kernels.score_entropy import launch_absorb, launch_uniform
+
+from fastdiff.backend import register_kernel
 from fastdiff.reference.losses import log_expm1, uniform_ratio
 
 _LAUNCHERS = {"absorb": launch_absorb, "uniform": launch_uniform, "mdlm": launch_mdlm}
@@ -39,11 +39,18 @@ def fused_loss(
     ``weight`` ``[N]`` fp32 or None; ``block_v`` 0 picks the block size. Returns
     ``(loss [N] fp32, grad [N, V] or [0, V])``."""
     n, vocab = scores.shape
-    loss = torch.empty(n, device=scores.device, dtype=torch.float32)
-    grad = torch.empty((n if need_grad else 0, vocab), device=scores.device, dtype=scores.dtype)
+    loss = new_output((n,), torch.float32, scores.device)
+    grad = new_output((n if need_grad else 0, vocab), scores.dtype, scores.device)
     if n:
         _LAUNCHERS[kind](
-            scores, x_t, x0, coef, weight, loss, grad if need_grad else None, mask_id,
+            scores,
+            x_t,
+            x0,
+            coef,
+            weight,
+            loss,
+            grad if need_grad else None,
+            mask_id,
             block_v or block_size(vocab),
         )
     return loss, grad
@@ -52,7 +59,9 @@ def fused_loss(
 @fused_loss.register_fake
 def _(scores, x_t, x0, coef, weight, kind, mask_id, need_grad, block_v):
     n, vocab = scores.shape
-    return scores.new_empty(n, dtype=torch.float32), scores.new_empty((n if need_grad else 0, vocab))
+    return scores.new_empty(n, dtype=torch.float32), scores.new_empty(
+        (n if need_grad else 0, vocab)
+    )
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -63,8 +72,11 @@ def _backward(ctx, grad_loss: torch.Tensor, _unused: torch.Tensor | None):
     (grad,) = ctx.saved_tensors
     if grad.shape[0] != grad_loss.shape[0]:
         raise RuntimeError("fused_loss: the gradient was not computed in forward")
-    if not bool((grad_loss == 1).all()):
-        grad = grad * grad_loss[:, None].to(grad.dtype)
+    # Eager: skip the rescale pass when grad_output is all ones (reading it is O(N)). Traced
+    # (fake / functional tensors under torch.compile or AOT), values are unknown: rescale.
+    traced = type(grad_loss) is not torch.Tensor or torch.compiler.is_compiling()
+    if traced or not bool((grad_loss == 1).all()):
+        grad = (grad.float() * grad_loss[:, None].float()).to(grad.dtype)
     return grad, None, None, None, None, None, None, None, None
 
 
@@ -83,8 +95,14 @@ def _run(
 ) -> torch.Tensor:
     need_grad = torch.is_grad_enabled() and scores.requires_grad
     loss, _ = fused_loss(
-        scores.contiguous(), x_t.contiguous(), x0.contiguous(), coef,
-        None if weight is None else weight.float().contiguous(), kind, mask_id, need_grad,
+        scores.contiguous(),
+        x_t.contiguous(),
+        x0.contiguous(),
+        coef,
+        None if weight is None else weight.float().contiguous(),
+        kind,
+        mask_id,
+        need_grad,
         block_v,
     )
     return loss

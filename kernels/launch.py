@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import torch
 import triton
 
 MAX_BLOCK_V = 4096
 
 
+MIN_BLOCK_V = 16
+
+
 def block_size(vocab: int, max_block: int = MAX_BLOCK_V) -> int:
-    """Columns per block for a row of ``vocab`` entries: the next power of two, capped."""
-    return min(triton.next_power_of_2(max(vocab, 1)), max_block)
+    """Columns per block for a row of ``vocab`` entries: the next power of two, at least
+    ``MIN_BLOCK_V`` (column pairs share a Philox call), capped at ``max_block``."""
+    return min(max(triton.next_power_of_2(max(vocab, 1)), MIN_BLOCK_V), max_block)
 
 
 def num_warps(block: int) -> int:
     """Warps per program for a streaming block of ``block`` elements."""
     return 8 if block >= 4096 else 4 if block >= 1024 else 2
+
+
+# Tests set this to fill every kernel output with NaN (or -1 for integers) before the launch,
+# so that an element a kernel forgets to write fails the comparison with the reference.
+POISON_OUTPUTS = False
+
+
+def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output buffer for a kernel to fill (poisoned when ``POISON_OUTPUTS`` is set)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan") if dtype.is_floating_point else -1)
+    return out

@@ -12,15 +12,24 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from fastdiff.kernels.launch import num_warps
 
 
 @triton.jit
 def _mdlm_kernel(
-    s_ptr, x_ptr, x0_ptr, w_ptr, loss_ptr, grad_ptr,
-    V, stride_s, stride_g, mask_id,
-    HAS_WEIGHT: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    s_ptr,
+    x_ptr,
+    x0_ptr,
+    w_ptr,
+    loss_ptr,
+    grad_ptr,
+    V,
+    stride_s,
+    stride_g,
+    mask_id,
+    HAS_WEIGHT: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols0 = tl.arange(0, BLOCK_V)
@@ -68,15 +77,31 @@ def _mdlm_kernel(
 
 
 def launch_mdlm(
-    logits: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, coef: torch.Tensor,
-    weight: torch.Tensor | None, loss: torch.Tensor, grad: torch.Tensor | None,
-    mask_id: int, block: int,
+    logits: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coef: torch.Tensor,
+    weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+    mask_id: int,
+    block: int,
 ) -> None:
     """Masked-diffusion cross entropy; ``coef`` unused (empty)."""
     g = grad if grad is not None else logits
     _mdlm_kernel[(logits.shape[0],)](
-        logits, x_t, x0, weight if weight is not None else loss, loss, g,
-        logits.shape[1], logits.stride(0), g.stride(0), mask_id,
-        HAS_WEIGHT=weight is not None, WRITE_GRAD=grad is not None, BLOCK_V=block,
+        logits,
+        x_t,
+        x0,
+        weight if weight is not None else loss,
+        loss,
+        g,
+        logits.shape[1],
+        logits.stride(0),
+        g.stride(0),
+        mask_id,
+        HAS_WEIGHT=weight is not None,
+        WRITE_GRAD=grad is not None,
+        BLOCK_V=block,
         num_warps=num_warps(block),
     )

@@ -12,15 +12,26 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from fastdiff.kernels.launch import num_warps
 
 
 @triton.jit
 def _absorb_kernel(
-    s_ptr, x_ptr, x0_ptr, r_ptr, c_ptr, w_ptr, loss_ptr, grad_ptr,
-    V, stride_s, stride_g, mask_id,
-    HAS_WEIGHT: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    s_ptr,
+    x_ptr,
+    x0_ptr,
+    r_ptr,
+    c_ptr,
+    w_ptr,
+    loss_ptr,
+    grad_ptr,
+    V,
+    stride_s,
+    stride_g,
+    mask_id,
+    HAS_WEIGHT: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols0 = tl.arange(0, BLOCK_V)
@@ -58,9 +69,22 @@ def _absorb_kernel(
 
 @triton.jit
 def _uniform_kernel(
-    s_ptr, x_ptr, x0_ptr, ratio_ptr, inv_e_ptr, c_ptr, w_ptr, loss_ptr, grad_ptr,
-    V, inv_v, stride_s, stride_g,
-    HAS_WEIGHT: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    s_ptr,
+    x_ptr,
+    x0_ptr,
+    ratio_ptr,
+    inv_e_ptr,
+    c_ptr,
+    w_ptr,
+    loss_ptr,
+    grad_ptr,
+    V,
+    inv_v,
+    stride_s,
+    stride_g,
+    HAS_WEIGHT: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols0 = tl.arange(0, BLOCK_V)
@@ -100,32 +124,68 @@ def _uniform_kernel(
 
 
 def launch_absorb(
-    log_score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, coef: torch.Tensor,
-    weight: torch.Tensor | None, loss: torch.Tensor, grad: torch.Tensor | None,
-    mask_id: int, block: int,
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coef: torch.Tensor,
+    weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+    mask_id: int,
+    block: int,
 ) -> None:
     """Absorbing graph; ``coef = (r, r (log r - 1))`` ``[2, N]``."""
     g = grad if grad is not None else log_score
     _absorb_kernel[(log_score.shape[0],)](
-        log_score, x_t, x0, coef[0], coef[1], weight if weight is not None else loss, loss, g,
-        log_score.shape[1], log_score.stride(0), g.stride(0), mask_id,
-        HAS_WEIGHT=weight is not None, WRITE_GRAD=grad is not None, BLOCK_V=block,
+        log_score,
+        x_t,
+        x0,
+        coef[0],
+        coef[1],
+        weight if weight is not None else loss,
+        loss,
+        g,
+        log_score.shape[1],
+        log_score.stride(0),
+        g.stride(0),
+        mask_id,
+        HAS_WEIGHT=weight is not None,
+        WRITE_GRAD=grad is not None,
+        BLOCK_V=block,
         num_warps=num_warps(block),
     )
 
 
 def launch_uniform(
-    log_score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, coef: torch.Tensor,
-    weight: torch.Tensor | None, loss: torch.Tensor, grad: torch.Tensor | None,
-    mask_id: int, block: int,
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    coef: torch.Tensor,
+    weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+    mask_id: int,
+    block: int,
 ) -> None:
     """Uniform graph; ``coef = (ratio, 1/e, K)`` ``[3, N]``; ``mask_id`` unused."""
     g = grad if grad is not None else log_score
     vocab = log_score.shape[1]
     _uniform_kernel[(log_score.shape[0],)](
-        log_score, x_t, x0, coef[0], coef[1], coef[2],
-        weight if weight is not None else loss, loss, g,
-        vocab, 1.0 / vocab, log_score.stride(0), g.stride(0),
-        HAS_WEIGHT=weight is not None, WRITE_GRAD=grad is not None, BLOCK_V=block,
+        log_score,
+        x_t,
+        x0,
+        coef[0],
+        coef[1],
+        coef[2],
+        weight if weight is not None else loss,
+        loss,
+        g,
+        vocab,
+        1.0 / vocab,
+        log_score.stride(0),
+        g.stride(0),
+        HAS_WEIGHT=weight is not None,
+        WRITE_GRAD=grad is not None,
+        BLOCK_V=block,
         num_warps=num_warps(block),
     )

@@ -129,6 +129,7 @@ def test_import_is_light_and_works_without_triton():
         "sys.modules['triton'] = None  # make `import triton` fail from here on\n"
         "from fastdiff import backend\n"
         "backend.triton_available.cache_clear()\n"
+        "backend._loaded.clear()\n"
         "assert not backend.triton_available()\n"
         "import torch\n"
         "x = fastdiff.corrupt(torch.tensor([0, 1]), 1.0, graph='uniform', vocab_size=3, seed=1)\n"

@@ -58,8 +58,10 @@ def sedd_euler(
 ) -> torch.Tensor:
     """SEDD Euler step with ``rate = dt * dsigma`` per row (ops.md 4a).
 
-    absorbing, masked rows: ``w_j = rate S_j`` (j != m), ``w_m = max(0, 1 - rate sum_{j != m} S_j)``.
-    uniform, every row: ``w_j = rate S_j / V`` (j != x), ``w_x = max(0, 1 - rate sum_{j != x} S_j / V)``.
+    absorbing, masked rows: ``w_j = rate S_j`` (j != m),
+    ``w_m = max(0, 1 - rate sum_{j != m} S_j)``.
+    uniform, every row: ``w_j = rate S_j / V`` (j != x),
+    ``w_x = max(0, 1 - rate sum_{j != x} S_j / V)``.
     """
     absorb = graph == "absorb"
     rows = _active_rows(x, fixed, mask_id if absorb else None)
@@ -76,9 +78,7 @@ def sedd_euler(
     return _draw(log_w, x, rows, seed, offset)
 
 
-def _uniform_tweedie(
-    s: torch.Tensor, xr: torch.Tensor, delta: torch.Tensor
-) -> torch.Tensor:
+def _uniform_tweedie(s: torch.Tensor, xr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Log of ``stag(S, D) * T(x, D)`` for the uniform graph (ops.md 4b), clamped at 0."""
     vocab = s.shape[-1]
     score = torch.exp(_fill_column(s, xr, 0.0))  # S_x = 1
@@ -189,10 +189,7 @@ def unmask_candidates(
     rows = _active_rows(x, fixed, mask_id)
     lr = logits.index_select(0, rows).to(torch.float64)
     logp = torch.log_softmax(_fill_column(lr, mask_id, -torch.inf), -1)
-    if temperature == 0.0:
-        xhat = logp.argmax(-1)
-    else:
-        xhat = race(logp / temperature, rows, seed, offset)
+    xhat = logp.argmax(-1) if temperature == 0.0 else race(logp / temperature, rows, seed, offset)
     p = torch.exp(logp)
     if confidence == "prob":
         conf = p.gather(-1, xhat[:, None]).squeeze(-1)

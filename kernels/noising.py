@@ -1,0 +1,199 @@
+"""Noising kernels (ops.md section 2): absorbing / uniform corruption and dense-matrix rows.
+
+Randomness is keyed by (seed, offset, row, column) exactly as in
+:mod:`fastdiff.reference.noising`, so for the same seed the kernels and the reference give the
+same tokens, whatever the block sizes: the per-row decision ``u < 1 - e^-sigma`` is made in
+fp64 on the same 52-bit uniform and the uniform token uses the same integer formula (bit-exact);
+the dense-matrix race differs only at keys that tie within fp32 rounding. Fixed rows are never
+changed.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from fastdiff.kernels.launch import block_size, new_output, num_warps
+from fastdiff.kernels.philox_noise import (
+    column_words,
+    exponential_from_words,
+    index_from_words,
+    uniform52_from_words,
+)
+
+from fastdiff.backend import register_kernel
+
+_BLOCK_ROWS = 1024
+_MASK32 = 0xFFFFFFFF
+
+
+def seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The Philox key as a 1-element int64 tensor on ``device`` (kernels load it)."""
+    if isinstance(seed, torch.Tensor):
+        return seed.reshape(1).to(device=device, dtype=torch.int64)
+    value = int(seed) & ((1 << 64) - 1)
+    if value >= 1 << 63:
+        value -= 1 << 64
+    return torch.tensor([value], dtype=torch.int64, device=device)
+
+
+@triton.jit(do_not_specialize=["offset_lo", "offset_hi", "vocab", "mask_id"])
+def _corrupt_kernel(
+    x0_ptr,
+    p_ptr,
+    fixed_ptr,
+    out_ptr,
+    seed_ptr,
+    n,
+    offset_lo,
+    offset_hi,
+    vocab,
+    mask_id,
+    ABSORB: tl.constexpr,
+    HAS_FIXED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = rows < n
+    seed = tl.load(seed_ptr)
+    zero = (rows * 0).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(
+        seed,
+        zero,
+        rows.to(tl.uint32),
+        zero + offset_lo.to(tl.uint32),
+        zero + offset_hi.to(tl.uint32),
+    )
+    u = uniform52_from_words(r0, r1)
+    p = tl.load(p_ptr + rows, mask=inside, other=0.0)
+    move = u < p
+    if HAS_FIXED:
+        move = move & (tl.load(fixed_ptr + rows, mask=inside, other=1) == 0)
+    x0 = tl.load(x0_ptr + rows, mask=inside, other=0)
+    if ABSORB:
+        new = tl.full((BLOCK,), 0, tl.int64) + mask_id
+    else:
+        new = index_from_words(r2, r3, vocab)
+    tl.store(out_ptr + rows, tl.where(move, new, x0), mask=inside)
+
+
+@register_kernel("corrupt")
+def corrupt(
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: int | torch.Tensor,
+    offset: int,
+    graph: str,
+    vocab_size: int,
+    mask_id: int,
+    *,
+    block_rows: int = _BLOCK_ROWS,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.noising.corrupt` (``block_rows`` rows a program)."""
+    n = x0.shape[0]
+    out = new_output(x0.shape, x0.dtype, x0.device)
+    if n == 0:
+        return out
+    move_chance = -torch.expm1(-sigma.to(torch.float64)).contiguous()
+    fixed_arg = fixed.contiguous().view(torch.uint8) if fixed is not None else x0
+    _corrupt_kernel[(triton.cdiv(n, block_rows),)](
+        x0.contiguous(),
+        move_chance,
+        fixed_arg,
+        out,
+        seed_tensor(seed, x0.device),
+        n,
+        offset & _MASK32,
+        (offset >> 32) & _MASK32,
+        vocab_size,
+        mask_id,
+        ABSORB=graph == "absorb",
+        HAS_FIXED=fixed is not None,
+        BLOCK=block_rows,
+    )
+    return out
+
+
+@triton.jit(do_not_specialize=["offset_lo", "offset_hi"])
+def _dense_race_kernel(
+    q_ptr,
+    x0_ptr,
+    mat_ptr,
+    fixed_ptr,
+    out_ptr,
+    seed_ptr,
+    V,
+    stride_m,
+    stride_r,
+    offset_lo,
+    offset_hi,
+    HAS_MATS: tl.constexpr,
+    HAS_FIXED: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x0 = tl.load(x0_ptr + row)
+    keep_x0 = False
+    if HAS_FIXED:
+        keep_x0 = tl.load(fixed_ptr + row) != 0
+    if keep_x0:
+        tl.store(out_ptr + row, x0)
+    else:
+        seed = tl.load(seed_ptr)
+        q_row = q_ptr + x0 * stride_r
+        if HAS_MATS:
+            q_row += tl.load(mat_ptr + row) * stride_m
+        best = tl.full((), float("-inf"), tl.float32)
+        best_idx = tl.full((), 0, tl.int64)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            a, b = column_words(seed, offset_lo, offset_hi, row, start, BLOCK_V)
+            w = tl.load(q_row + cols, mask=cols < V, other=0.0).to(tl.float32)
+            key = tl.log(w) - tl.log(exponential_from_words(a, b))
+            key = tl.where(cols < V, key, float("-inf"))
+            blk_best = tl.max(key, axis=0)
+            blk_idx = tl.argmax(key, axis=0).to(tl.int64) + start
+            take = blk_best > best
+            best_idx = tl.where(take, blk_idx, best_idx)
+            best = tl.where(take, blk_best, best)
+        tl.store(out_ptr + row, best_idx)
+
+
+@register_kernel("corrupt_dense")
+def corrupt_dense(
+    x0: torch.Tensor,
+    transition: torch.Tensor,
+    matrix_index: torch.Tensor | None,
+    fixed: torch.Tensor | None,
+    seed: int | torch.Tensor,
+    offset: int,
+    *,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.noising.corrupt_dense` (one program per row,
+    ``block_v`` columns per step; 0 picks it)."""
+    n, vocab = x0.shape[0], transition.shape[-1]
+    out = new_output(x0.shape, x0.dtype, x0.device)
+    if n == 0:
+        return out
+    q = transition.contiguous()
+    block = block_v or block_size(vocab)
+    _dense_race_kernel[(n,)](
+        q,
+        x0.contiguous(),
+        matrix_index if matrix_index is not None else x0,
+        fixed.contiguous().view(torch.uint8) if fixed is not None else x0,
+        out,
+        seed_tensor(seed, x0.device),
+        vocab,
+        q.stride(0) if q.dim() == 3 else 0,
+        q.stride(-2),
+        offset & _MASK32,
+        (offset >> 32) & _MASK32,
+        HAS_MATS=matrix_index is not None,
+        HAS_FIXED=fixed is not None,
+        BLOCK_V=block,
+        num_warps=num_warps(block),
+    )
+    return out
