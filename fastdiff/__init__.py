@@ -26,7 +26,12 @@ from fastdiff.gaussian import (
     q_sample,
     round_to_embedding,
 )
-from fastdiff.losses import masked_diffusion_loss, score_entropy
+from fastdiff.losses import (
+    linear_masked_diffusion_loss,
+    linear_score_entropy,
+    masked_diffusion_loss,
+    score_entropy,
+)
 from fastdiff.noising import corrupt, corrupt_dense
 from fastdiff.sampling import sample_categorical
 from fastdiff.unmasking import confidence_unmask_step, select_commits, unmask_quota
@@ -56,6 +61,8 @@ __all__ = [
     "gaussian_loss",
     "get_backend",
     "guided_logits",
+    "linear_masked_diffusion_loss",
+    "linear_score_entropy",
     "masked_diffusion_loss",
     "mdlm_step",
     "q_sample",

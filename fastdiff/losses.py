@@ -150,3 +150,159 @@ def masked_diffusion_loss(
     impl = backend.resolve("masked_diffusion_loss", ref.masked_diffusion_loss, device)
     loss = impl(logits.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), m, w)
     return _reduce(loss, x_t.shape, ignore, reduction)
+
+
+def _check_projection(
+    hidden: torch.Tensor, projection: torch.Tensor, bias: torch.Tensor | None, x_t: torch.Tensor
+) -> int:
+    """``hidden [*B, H]``, ``projection [V, H]``, ``bias [V]``, all one float dtype."""
+    checks.floating("hidden", hidden, min_dim=1)
+    checks.floating("projection", projection, min_dim=2)
+    if projection.dim() != 2 or projection.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"projection must have shape [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+            f"got {tuple(projection.shape)}"
+        )
+    if hidden.shape[:-1] != x_t.shape:
+        raise ValueError(
+            f"hidden has shape {tuple(hidden.shape)}; expected {(*tuple(x_t.shape), 'H')}"
+        )
+    if bias is not None:
+        checks.floating("bias", bias, min_dim=1)
+        if bias.shape != (projection.shape[0],):
+            raise ValueError(
+                f"bias must have shape [{projection.shape[0]}], got {tuple(bias.shape)}"
+            )
+    dtypes = {hidden.dtype, projection.dtype} | ({bias.dtype} if bias is not None else set())
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"hidden, projection and bias must share one dtype, got {sorted(map(str, dtypes))}"
+        )
+    return projection.shape[0]
+
+
+def _scalar_reduce(
+    total: torch.Tensor, batch_shape: torch.Size, ignore: torch.Tensor | None, reduction: str
+) -> torch.Tensor:
+    if reduction == "none":
+        raise ValueError(
+            "the fused linear losses return a scalar: use reduction='sum' or 'mean' (a per-row "
+            "loss would need the per-row gradient of the projection, which the fusion avoids)"
+        )
+    if reduction == "sum":
+        return total
+    count = batch_shape.numel() if ignore is None else (~ignore).sum()
+    return total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
+
+
+def _check_chunk(chunk_rows: int | None) -> None:
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+    ):
+        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+
+
+def linear_score_entropy(
+    hidden: torch.Tensor,
+    projection: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: float | torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    graph: str,
+    mask_id: int | None = None,
+    weight: float | torch.Tensor | None = None,
+    ignore: torch.Tensor | None = None,
+    reduction: str = "sum",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Score entropy of the logits ``hidden W^T + b`` without materializing them.
+
+    ``hidden [*B, H]`` (the last hidden states), ``projection`` ``W [V, H]``, ``bias [V]``;
+    everything else as in :func:`score_entropy`. Returns the sum (or mean over non-ignored
+    positions) of ``weight * loss``; differentiable in ``hidden``, ``projection`` and ``bias``.
+    On the Triton backend the rows are processed ``chunk_rows`` at a time (default: about 64 Mi
+    logits per chunk) and only one chunk of logits exists at once; the reference computes the
+    full logits.
+    """
+    graph = checks.graph(graph)
+    reduction = checks.reduction(reduction)
+    _check_chunk(chunk_rows)
+    x_t = checks.tokens("x_t", x_t)
+    x0 = checks.tokens("x0", x0, x_t.shape)
+    vocab = _check_projection(hidden, projection, bias, x_t)
+    device = checks.same_device(hidden=hidden, projection=projection, bias=bias, x_t=x_t, x0=x0)
+    checks.vocab_size(vocab, minimum=2)
+    batch_shape = x_t.shape
+    ignore = checks.bool_mask("ignore", ignore, batch_shape)
+    checks.token_range("x_t", x_t, vocab)
+    checks.token_range("x0", x0, vocab)
+    m = -1
+    if graph == "absorb":
+        m = checks.mask_id(mask_id, vocab)
+        if checks.value_checks_enabled() and bool((x0 == m).any()):
+            raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    dtype = ref.compute_dtype(hidden.dtype)
+    sig = checks.per_position(
+        "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
+    )
+    w = _row_weight(weight, ignore, batch_shape, device, dtype)
+    impl = backend.resolve("linear_score_entropy", ref.linear_score_entropy, device)
+    total = impl(
+        hidden.reshape(-1, hidden.shape[-1]),
+        projection,
+        bias,
+        x_t.reshape(-1),
+        x0.reshape(-1),
+        sig.reshape(-1),
+        w,
+        graph,
+        m,
+        chunk_rows,
+    )
+    return _scalar_reduce(total, batch_shape, ignore, reduction)
+
+
+def linear_masked_diffusion_loss(
+    hidden: torch.Tensor,
+    projection: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    *,
+    mask_id: int,
+    bias: torch.Tensor | None = None,
+    weight: float | torch.Tensor | None = None,
+    ignore: torch.Tensor | None = None,
+    reduction: str = "sum",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Masked-diffusion cross entropy of ``hidden W^T + b`` without materializing the logits;
+    shapes and chunking as in :func:`linear_score_entropy`, the loss as in
+    :func:`masked_diffusion_loss`. Only masked rows are projected on the Triton backend."""
+    reduction = checks.reduction(reduction)
+    _check_chunk(chunk_rows)
+    x_t = checks.tokens("x_t", x_t)
+    x0 = checks.tokens("x0", x0, x_t.shape)
+    vocab = _check_projection(hidden, projection, bias, x_t)
+    device = checks.same_device(hidden=hidden, projection=projection, bias=bias, x_t=x_t, x0=x0)
+    checks.vocab_size(vocab, minimum=2)
+    m = checks.mask_id(mask_id, vocab)
+    ignore = checks.bool_mask("ignore", ignore, x_t.shape)
+    checks.token_range("x_t", x_t, vocab)
+    checks.token_range("x0", x0, vocab)
+    if checks.value_checks_enabled() and bool((x0 == m).any()):
+        raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(hidden.dtype))
+    impl = backend.resolve("linear_masked_diffusion_loss", ref.linear_masked_diffusion_loss, device)
+    total = impl(
+        hidden.reshape(-1, hidden.shape[-1]),
+        projection,
+        bias,
+        x_t.reshape(-1),
+        x0.reshape(-1),
+        m,
+        w,
+        chunk_rows,
+    )
+    return _scalar_reduce(total, x_t.shape, ignore, reduction)

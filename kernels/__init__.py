@@ -7,7 +7,9 @@ run their reference on every device.
 
 Registered so far: the training losses (``score_entropy_absorb``, ``score_entropy_uniform``,
 ``masked_diffusion_loss``, in :mod:`fastdiff.kernels.fused_loss`) and the noising of discrete
-tokens (``corrupt``, ``corrupt_dense``, in :mod:`fastdiff.kernels.noising`).
+tokens (``corrupt``, ``corrupt_dense``, in :mod:`fastdiff.kernels.noising`), and the fused
+projection + loss (``linear_score_entropy``, ``linear_masked_diffusion_loss``, in
+:mod:`fastdiff.kernels.fused_linear`).
 """
 
-from fastdiff.kernels import fused_loss, noising  # noqa: F401  (importing registers them)
+from fastdiff.kernels import fused_linear, fused_loss, noising  # noqa: F401  (registers them)

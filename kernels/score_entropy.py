@@ -2,7 +2,8 @@
 
 The loss needs no normalization, so one program per row reads the log-scores once,
 accumulates the loss terms and, when a gradient is needed, writes ``d loss / d s`` in the same
-pass. Per-row constants (``r = 1/expm1(sigma)``, the uniform ``ratio``, ``1/e`` and ``K``) come
+pass (possibly in place over the scores: every score is read before its gradient is written).
+Per-row constants (``r = 1/expm1(sigma)``, the uniform ``ratio``, ``1/e`` and ``K``) come
 precomputed in float64 from :mod:`fastdiff.kernels.fused_loss`, so the kernels need no
 ``expm1`` / ``log1p`` of their own. Rows with ``x_t != m`` (absorbing) cost one store of zeros.
 """
@@ -44,6 +45,8 @@ def _absorb_kernel(
         s_row = s_ptr + row * stride_s
         x0 = tl.load(x0_ptr + row)
         r = tl.load(r_ptr + row)
+        # read before the loop: the gradient may be written in place over the scores
+        s_x0 = tl.load(s_row + x0).to(tl.float32)
         pos = tl.zeros((BLOCK_V,), dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + cols0
@@ -55,7 +58,6 @@ def _absorb_kernel(
             if WRITE_GRAD:
                 g = w * (e - tl.where(cols == x0, r, 0.0))
                 tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=inside)
-        s_x0 = tl.load(s_row + x0).to(tl.float32)
         loss = tl.sum(pos, axis=0) - r * s_x0 + tl.load(c_ptr + row)
         tl.store(loss_ptr + row, w * loss)
     else:
@@ -100,6 +102,8 @@ def _uniform_kernel(
     c_same = ratio * inv_v
     s_row = s_ptr + row * stride_s
     g_row = grad_ptr + row * stride_g
+    # read before the loop: the gradient may be written in place over the scores
+    s_x0 = tl.load(s_row + x0).to(tl.float32)
     pos = tl.zeros((BLOCK_V,), dtype=tl.float32)
     neg = tl.zeros((BLOCK_V,), dtype=tl.float32)
     for start in range(0, V, BLOCK_V):
@@ -118,7 +122,7 @@ def _uniform_kernel(
     if same:
         neg_term = ratio * neg0
     else:
-        neg_term = tl.load(s_row + x0).to(tl.float32) * inv_e + neg0
+        neg_term = s_x0 * inv_e + neg0
     loss = tl.sum(pos, axis=0) * inv_v - neg_term + tl.load(c_ptr + row)
     tl.store(loss_ptr + row, w * loss)
 

@@ -299,3 +299,139 @@ def test_public_loss_traces_under_torch_compile_fullgraph():
         out.backward()
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(s2.grad, s1.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused projection + loss
+# ---------------------------------------------------------------------------------------------
+
+
+def _linear_case(seed, n, hidden_size, vocab, dtype, graph):
+    gen = torch.Generator().manual_seed(seed)
+    mask_id = int(torch.randint(0, vocab, (), generator=gen))
+    hidden = (torch.randn(n, hidden_size, generator=gen)).to(dtype)
+    proj = (torch.randn(vocab, hidden_size, generator=gen) / hidden_size**0.5).to(dtype)
+    bias = (torch.randn(vocab, generator=gen) * 0.1).to(dtype)
+    x0 = torch.randint(0, vocab, (n,), generator=gen)
+    x0 = torch.where(x0 == mask_id, (mask_id + 1) % vocab, x0)
+    if graph == "uniform":
+        x_t = fastdiff.corrupt(x0, 1.0, graph="uniform", vocab_size=vocab, seed=seed)
+    else:
+        x_t = fastdiff.corrupt(
+            x0, 1.0, graph="absorb", vocab_size=vocab, mask_id=mask_id, seed=seed
+        )
+    sigma = torch.rand(n, generator=gen) * 3 + 0.05
+    weight = torch.rand(n, generator=gen) + 0.5
+    return hidden, proj, bias, x_t, x0, sigma, weight, mask_id
+
+
+def _linear_loss(graph, hidden, proj, bias, x_t, x0, sigma, weight, mask_id, **kw):
+    if graph == "mdlm":
+        return fastdiff.linear_masked_diffusion_loss(
+            hidden, proj, x_t, x0, mask_id=mask_id, bias=bias, weight=weight, **kw
+        )
+    return fastdiff.linear_score_entropy(
+        hidden, proj, x_t, x0, sigma, bias=bias, graph=graph, mask_id=mask_id, weight=weight, **kw
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 12),
+    hidden_size=st.sampled_from([1, 4, 16]),
+    vocab=st.sampled_from([2, 17, 40]),
+    graph=st.sampled_from(["absorb", "uniform", "mdlm"]),
+    chunk_rows=st.sampled_from([1, 2, 5, 64]),
+    reduction=st.sampled_from(["sum", "mean"]),
+)
+def test_fused_linear_loss_matches_unfused_reference(
+    seed, n, hidden_size, vocab, graph, chunk_rows, reduction
+):
+    """Loss and gradients of hidden states, projection and bias equal the float64 unfused path,
+    at every chunk boundary (chunks of 1, 2, 5 rows and one chunk for all)."""
+    case = _linear_case(seed, n, hidden_size, vocab, torch.float32, graph)
+    outs = {}
+    for name, dtype in (("reference", torch.float64), ("triton", torch.float32)):
+        leaves = [t.to(DEVICE, dtype).requires_grad_(True) for t in case[:3]]
+        rest = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in case[3:]]
+        with fastdiff.use_backend(name):
+            loss = _linear_loss(graph, *leaves, *rest, reduction=reduction, chunk_rows=chunk_rows)
+        (loss * 1.5).backward()
+        outs[name] = [loss.detach()] + [leaf.grad for leaf in leaves]
+    for got, want in zip(outs["triton"], outs["reference"]):
+        torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=2e-5, atol=2e-5)
+
+
+def test_fused_linear_never_builds_more_than_one_chunk_of_logits(monkeypatch):
+    """The logits are formed chunk by chunk (at most chunk_rows rows at once), and only for
+    masked rows: an unmasked row is never projected."""
+    from fastdiff.kernels import fused_linear
+
+    shapes = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(h, w, b=None):
+        shapes.append(tuple(h.shape))
+        return real_linear(h, w, b)
+
+    monkeypatch.setattr(fused_linear.torch.nn.functional, "linear", spy)
+    hidden, proj, bias, _, x0, sigma, weight, mask_id = _linear_case(
+        1, 50, 8, 30, torch.float32, "absorb"
+    )
+    x_t = x0.clone()
+    x_t[::3] = mask_id  # 17 masked rows
+    with fastdiff.use_backend("triton"):
+        _linear_loss(
+            "absorb",
+            hidden.requires_grad_(True),
+            proj,
+            bias,
+            x_t,
+            x0,
+            sigma,
+            weight,
+            mask_id,
+            chunk_rows=4,
+        )
+    assert sum(s[0] for s in shapes) == 17
+    assert max(s[0] for s in shapes) == 4
+
+
+def test_fused_linear_rejects_per_row_reduction_and_mixed_dtypes():
+    hidden, proj, bias, x_t, x0, sigma, weight, mask_id = _linear_case(
+        2, 4, 8, 10, torch.float32, "absorb"
+    )
+    with pytest.raises(ValueError, match="scalar"):
+        _linear_loss(
+            "absorb", hidden, proj, bias, x_t, x0, sigma, weight, mask_id, reduction="none"
+        )
+    with pytest.raises(TypeError, match="one dtype"):
+        _linear_loss("mdlm", hidden, proj.double(), bias, x_t, x0, sigma, weight, mask_id)
+    with pytest.raises(ValueError, match=r"\[V, H\]"):
+        _linear_loss("uniform", hidden, proj[:, :3], bias, x_t, x0, sigma, weight, mask_id)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        _linear_loss("absorb", hidden, proj, bias, x_t, x0, sigma, weight, mask_id, chunk_rows=0)
+
+
+def test_fused_linear_opcheck():
+    hidden, proj, bias, x_t, x0, sigma, weight, mask_id = _linear_case(
+        3, 6, 8, 12, torch.float32, "absorb"
+    )
+    x_t[:3] = mask_id
+    args = (
+        hidden.to(DEVICE).requires_grad_(True),
+        proj.to(DEVICE).requires_grad_(True),
+        bias.to(DEVICE).requires_grad_(True),
+        x_t.to(DEVICE),
+        x0.to(DEVICE),
+        fused_loss.absorb_coef(sigma).to(DEVICE),
+        weight.to(DEVICE),
+        "absorb",
+        mask_id,
+        True,
+        True,
+        True,
+        4,
+    )
+    torch.library.opcheck(torch.ops.fastdiff.fused_linear_loss.default, args)

@@ -132,3 +132,38 @@ def masked_diffusion_loss(
     if weight is not None:
         nll = nll * weight.index_select(0, rows).to(dtype)
     return _scatter_rows(rows, nll, n)
+
+
+def linear_score_entropy(
+    hidden: torch.Tensor,
+    projection: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    weight: torch.Tensor | None,
+    graph: str,
+    mask_id: int,
+    chunk_rows: int | None,
+) -> torch.Tensor:
+    """``sum_i w_i score_entropy(hidden_i W^T + b)``: the unfused path (full ``[N, V]``
+    logits), the oracle of the fused kernel. ``chunk_rows`` is ignored here."""
+    logits = torch.nn.functional.linear(hidden, projection, bias)
+    if graph == "absorb":
+        return score_entropy_absorb(logits, x_t, x0, sigma, mask_id, weight).sum()
+    return score_entropy_uniform(logits, x_t, x0, sigma, weight).sum()
+
+
+def linear_masked_diffusion_loss(
+    hidden: torch.Tensor,
+    projection: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    mask_id: int,
+    weight: torch.Tensor | None,
+    chunk_rows: int | None,
+) -> torch.Tensor:
+    """``sum_i w_i CE_SUBS(hidden_i W^T + b)``, unfused (the oracle of the fused kernel)."""
+    logits = torch.nn.functional.linear(hidden, projection, bias)
+    return masked_diffusion_loss(logits, x_t, x0, mask_id, weight).sum()
