@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import block_size, new_output
 from fastdiff.kernels.masked_diffusion import launch_mdlm
 from fastdiff.kernels.score_entropy import launch_absorb, launch_uniform
-
-from fastdiff.backend import register_kernel
 from fastdiff.reference.losses import log_expm1, uniform_ratio
 
 _LAUNCHERS = {"absorb": launch_absorb, "uniform": launch_uniform, "mdlm": launch_mdlm}

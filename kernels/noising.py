@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import block_size, new_output, num_warps
 from fastdiff.kernels.philox_noise import (
     column_words,
@@ -20,8 +22,6 @@ from fastdiff.kernels.philox_noise import (
     index_from_words,
     uniform52_from_words,
 )
-
-from fastdiff.backend import register_kernel
 
 _BLOCK_ROWS = 1024
 _MASK32 = 0xFFFFFFFF
