@@ -15,6 +15,7 @@ Conventions shared by the ops:
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -193,3 +194,12 @@ def scores(name: str, s: torch.Tensor, x: torch.Tensor) -> int:
     if s.shape[-1] < 1:
         raise ValueError(f"{name} has an empty vocabulary dimension")
     return s.shape[-1]
+
+
+def temperature(value: float) -> float:
+    """A finite temperature >= 0 (0 means argmax)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"temperature must be a number, got {type(value).__name__}")
+    if not 0.0 <= value < math.inf:
+        raise ValueError(f"temperature must be finite and >= 0, got {value!r}")
+    return float(value)

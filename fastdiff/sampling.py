@@ -12,8 +12,7 @@ from fastdiff.reference import sampling as ref
 def _check_filters(
     temperature: float, top_k: int | None, top_p: float | None, min_p: float | None, vocab: int
 ) -> None:
-    if not isinstance(temperature, (int, float)) or not temperature >= 0.0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    checks.temperature(temperature)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
@@ -62,7 +61,9 @@ def sample_categorical(
             :func:`fastdiff.reference.sampling.filter_logits`); ties at a boundary are kept.
         generator / seed / offset: randomness keyed by ``(seed, offset, row, column)``; the same
             ``seed`` gives the same draws on every backend (see :mod:`fastdiff.random`).
-        return_prob: also return the chosen token's probability under the final distribution.
+        return_prob: also return the chosen token's probability under the final (tempered,
+            filtered, normalized) distribution; at temperature 0, under the filtered
+            distribution at temperature 1.
 
     Returns int64 indices ``[*B]`` (and float32 probabilities ``[*B]``). Ties: lowest index.
     """

@@ -28,6 +28,10 @@ def unmask_quota(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int):
+        raise TypeError(f"mask_id must be an int, got {type(mask_id).__name__}")
+    if mask_id < 0:
+        raise ValueError(f"mask_id must be >= 0, got {mask_id}")
     x = checks.tokens("x", x)
     if x.dim() != 2:
         raise ValueError(f"x must have shape [batch, length], got {tuple(x.shape)}")
@@ -86,6 +90,10 @@ def select_commits(
         )
     if sum(r is not None for r in (k, threshold, factor)) != 1:
         raise ValueError("pass exactly one commit rule: k, threshold or factor")
+    if checks.value_checks_enabled() and bool(torch.isnan(confidence).any()):
+        raise ValueError("confidence contains NaN (use -inf for positions that may not commit)")
+    # with value checks off, NaN is treated as not eligible rather than sorting first
+    confidence = torch.where(torch.isnan(confidence), -torch.inf, confidence)
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
@@ -99,6 +107,8 @@ def select_commits(
                 raise ValueError(
                     f"k has {count.shape[0]} entries for {confidence.shape[0]} sequences"
                 )
+            if checks.value_checks_enabled() and bool((count < 0).any()):
+                raise ValueError("k must be >= 0")
         elif isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be an int >= 0 or a [batch] tensor, got {k!r}")
         else:

@@ -70,6 +70,24 @@ def _prepare(
     )
 
 
+def _check_masked_rows_have_a_token(st: _Step) -> None:
+    """Logits define ``softmax(logits, m excluded)``: a masked row whose non-mask logits are all
+    ``-inf`` has no distribution (its draw would be NaN), so it is rejected."""
+    if not checks.value_checks_enabled():
+        return
+    active = st.x == st.mask_id
+    if st.fixed is not None:
+        active &= ~st.fixed
+    rows = st.scores[active]
+    if rows.numel():
+        keep = torch.ones(st.vocab, dtype=torch.bool, device=st.device)
+        keep[st.mask_id] = False
+        if bool(torch.isneginf(rows[:, keep]).all(-1).any()):
+            raise ValueError(
+                "logits has a masked row whose non-mask logits are all -inf (no token possible)"
+            )
+
+
 def sedd_euler_step(
     log_score: torch.Tensor,
     x: torch.Tensor,
@@ -171,6 +189,7 @@ def mdlm_step(
     s_s = st.scalar("sigma_s", sigma_s, nonnegative=True)
     if checks.value_checks_enabled() and bool((s_s >= s_t).any()):
         raise ValueError("sigma_s must be < sigma_t (s is the earlier, less noisy time)")
+    _check_masked_rows_have_a_token(st)
     impl = backend.resolve("mdlm_ancestral", ref.mdlm_ancestral, st.device)
     return st.done(impl(st.scores, st.x, s_t, s_s, st.fixed, st.seed, offset, st.mask_id))
 
@@ -200,9 +219,9 @@ def unmask_candidates(
     """
     if confidence not in CONFIDENCES:
         raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
-    if not isinstance(temperature, (int, float)) or not temperature >= 0.0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    temperature = checks.temperature(temperature)
     st = _prepare("logits", logits, x, fixed, None, mask_id, generator, seed)
+    _check_masked_rows_have_a_token(st)
     impl = backend.resolve("unmask_candidates", ref.unmask_candidates, st.device)
     xhat, conf = impl(
         st.scores, st.x, st.fixed, st.seed, offset, st.mask_id, float(temperature), confidence

@@ -87,7 +87,8 @@ def sample_categorical(
     if not is_log:
         lw = torch.log(lw)
     if temperature != 1.0 and temperature > 0.0:
-        lw = lw / temperature
+        # shift by the (finite) row maximum first: l / T then cannot overflow to +-inf
+        lw = (lw - lw.amax(-1, keepdim=True)) / temperature
     if top_k is not None or top_p is not None or min_p is not None:
         lw = filter_logits(lw, top_k, top_p, min_p)
     if temperature == 0.0:
