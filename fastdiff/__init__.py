@@ -30,6 +30,7 @@ from fastdiff.losses import (
     linear_masked_diffusion_loss,
     linear_score_entropy,
     masked_diffusion_loss,
+    scale_by_sigma,
     score_entropy,
 )
 from fastdiff.noising import corrupt, corrupt_dense
@@ -69,6 +70,7 @@ __all__ = [
     "register_kernel",
     "round_to_embedding",
     "sample_categorical",
+    "scale_by_sigma",
     "schedules",
     "score_entropy",
     "sedd_analytic_step",

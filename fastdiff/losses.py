@@ -9,6 +9,8 @@ ignored rows zeroed, goes to the backend so a fused kernel folds it into the gra
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastdiff import backend, checks
@@ -306,3 +308,22 @@ def linear_masked_diffusion_loss(
         chunk_rows,
     )
     return _scalar_reduce(total, x_t.shape, ignore, reduction)
+
+
+def scale_by_sigma(logits: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """SEDD's absorbing "scale by sigma" parameterization (a model-side helper, ops.md 3a):
+    ``s = logits - log(expm1(sigma)) - log(V - 1)``.
+
+    ``logits [*B, V]``; ``sigma`` a number or a tensor whose shape is a prefix of ``B`` (> 0).
+    Returns log-scores of the logits' dtype (computed in fp32 / fp64), so that a model
+    outputting zeros starts at the ratio ``1 / ((V - 1) expm1(sigma))`` of a uniform guess.
+    """
+    checks.floating("logits", logits, min_dim=1)
+    vocab = logits.shape[-1]
+    checks.vocab_size(vocab, minimum=2)
+    dtype = ref.compute_dtype(logits.dtype)
+    sig = checks.per_position(
+        "sigma", sigma, logits.shape[:-1], device=logits.device, dtype=dtype, positive=True
+    )
+    shift = ref.log_expm1(sig) + math.log(vocab - 1)
+    return (logits.to(dtype) - shift[..., None]).to(logits.dtype)

@@ -631,3 +631,15 @@ def test_masked_loss_reductions_and_validation() -> None:
 def test_public_exports() -> None:
     assert fastdiff.score_entropy is score_entropy
     assert fastdiff.masked_diffusion_loss is masked_diffusion_loss
+
+
+def test_scale_by_sigma_matches_formula_and_gives_uniform_guess_ratio() -> None:
+    logits = torch.randn(2, 3, 11, dtype=F64)
+    sigma = torch.tensor([1e-4, 3.0], dtype=F64)
+    s = fastdiff.scale_by_sigma(logits, sigma)
+    want = logits - torch.log(torch.expm1(sigma))[:, None, None] - math.log(10)
+    torch.testing.assert_close(s, want, rtol=0, atol=1e-12)
+    zero = fastdiff.scale_by_sigma(torch.zeros(1, 5), 0.5)
+    torch.testing.assert_close(zero.exp(), torch.full((1, 5), 1 / (4 * math.expm1(0.5))))
+    with pytest.raises(ValueError, match="sigma"):
+        fastdiff.scale_by_sigma(logits, -1.0)
