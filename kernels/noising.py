@@ -5,10 +5,13 @@ Randomness is keyed by (seed, offset, row, column) exactly as in
 same tokens, whatever the block sizes: the per-row decision ``u < 1 - e^-sigma`` is made in
 fp64 on the same 52-bit uniform and the uniform token uses the same integer formula (bit-exact);
 the dense-matrix race differs only at keys that tie within fp32 rounding. Fixed rows are never
-changed.
+changed. Both are custom ops (``fastdiff::corrupt``, ``fastdiff::corrupt_dense``) with fake
+implementations, so they trace under ``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
@@ -77,6 +80,46 @@ def _corrupt_kernel(
     tl.store(out_ptr + rows, tl.where(move, new, x0), mask=inside)
 
 
+@torch.library.custom_op("fastdiff::corrupt", mutates_args=())
+def corrupt_op(
+    x0: torch.Tensor,
+    move_chance: torch.Tensor,
+    fixed: Optional[torch.Tensor],
+    seed: torch.Tensor,
+    offset: int,
+    absorb: bool,
+    vocab_size: int,
+    mask_id: int,
+    block_rows: int,
+) -> torch.Tensor:
+    """``x_t [N]`` from ``x0 [N]``, fp64 ``move_chance = 1 - e^-sigma`` ``[N]``, the key in a
+    1-element int64 tensor ``seed``; ``block_rows`` rows per program."""
+    n = x0.shape[0]
+    out = new_output(x0.shape, x0.dtype, x0.device)
+    if n:
+        _corrupt_kernel[(triton.cdiv(n, block_rows),)](
+            x0,
+            move_chance,
+            fixed.view(torch.uint8) if fixed is not None else x0,
+            out,
+            seed,
+            n,
+            offset & _MASK32,
+            (offset >> 32) & _MASK32,
+            vocab_size,
+            mask_id,
+            ABSORB=absorb,
+            HAS_FIXED=fixed is not None,
+            BLOCK=block_rows,
+        )
+    return out
+
+
+@corrupt_op.register_fake
+def _(x0, move_chance, fixed, seed, offset, absorb, vocab_size, mask_id, block_rows):
+    return torch.empty_like(x0)
+
+
 @register_kernel("corrupt")
 def corrupt(
     x0: torch.Tensor,
@@ -91,28 +134,17 @@ def corrupt(
     block_rows: int = _BLOCK_ROWS,
 ) -> torch.Tensor:
     """Kernel for :func:`fastdiff.reference.noising.corrupt` (``block_rows`` rows a program)."""
-    n = x0.shape[0]
-    out = new_output(x0.shape, x0.dtype, x0.device)
-    if n == 0:
-        return out
-    move_chance = -torch.expm1(-sigma.to(torch.float64)).contiguous()
-    fixed_arg = fixed.contiguous().view(torch.uint8) if fixed is not None else x0
-    _corrupt_kernel[(triton.cdiv(n, block_rows),)](
+    return corrupt_op(
         x0.contiguous(),
-        move_chance,
-        fixed_arg,
-        out,
+        -torch.expm1(-sigma.to(torch.float64)).contiguous(),
+        None if fixed is None else fixed.contiguous(),
         seed_tensor(seed, x0.device),
-        n,
-        offset & _MASK32,
-        (offset >> 32) & _MASK32,
+        offset,
+        graph == "absorb",
         vocab_size,
         mask_id,
-        ABSORB=graph == "absorb",
-        HAS_FIXED=fixed is not None,
-        BLOCK=block_rows,
+        block_rows,
     )
-    return out
 
 
 @triton.jit(do_not_specialize=["offset_lo", "offset_hi"])
@@ -160,6 +192,47 @@ def _dense_race_kernel(
         tl.store(out_ptr + row, best_idx)
 
 
+@torch.library.custom_op("fastdiff::corrupt_dense", mutates_args=())
+def corrupt_dense_op(
+    x0: torch.Tensor,
+    transition: torch.Tensor,
+    matrix_index: Optional[torch.Tensor],
+    fixed: Optional[torch.Tensor],
+    seed: torch.Tensor,
+    offset: int,
+    block_v: int,
+) -> torch.Tensor:
+    """``x_t [N]`` drawn from rows ``transition[matrix_index, x0]`` (``[V, V]`` or
+    ``[M, V, V]``) by the exponential race; one program per row."""
+    n, vocab = x0.shape[0], transition.shape[-1]
+    out = new_output(x0.shape, x0.dtype, x0.device)
+    if n:
+        block = block_v or block_size(vocab)
+        _dense_race_kernel[(n,)](
+            transition,
+            x0,
+            matrix_index if matrix_index is not None else x0,
+            fixed.view(torch.uint8) if fixed is not None else x0,
+            out,
+            seed,
+            vocab,
+            transition.stride(0) if transition.dim() == 3 else 0,
+            transition.stride(-2),
+            offset & _MASK32,
+            (offset >> 32) & _MASK32,
+            HAS_MATS=matrix_index is not None,
+            HAS_FIXED=fixed is not None,
+            BLOCK_V=block,
+            num_warps=num_warps(block),
+        )
+    return out
+
+
+@corrupt_dense_op.register_fake
+def _(x0, transition, matrix_index, fixed, seed, offset, block_v):
+    return torch.empty_like(x0)
+
+
 @register_kernel("corrupt_dense")
 def corrupt_dense(
     x0: torch.Tensor,
@@ -171,29 +244,14 @@ def corrupt_dense(
     *,
     block_v: int = 0,
 ) -> torch.Tensor:
-    """Kernel for :func:`fastdiff.reference.noising.corrupt_dense` (one program per row,
-    ``block_v`` columns per step; 0 picks it)."""
-    n, vocab = x0.shape[0], transition.shape[-1]
-    out = new_output(x0.shape, x0.dtype, x0.device)
-    if n == 0:
-        return out
-    q = transition.contiguous()
-    block = block_v or block_size(vocab)
-    _dense_race_kernel[(n,)](
-        q,
+    """Kernel for :func:`fastdiff.reference.noising.corrupt_dense` (``block_v`` columns per
+    step; 0 picks it)."""
+    return corrupt_dense_op(
         x0.contiguous(),
-        matrix_index if matrix_index is not None else x0,
-        fixed.contiguous().view(torch.uint8) if fixed is not None else x0,
-        out,
+        transition.contiguous(),
+        None if matrix_index is None else matrix_index.contiguous(),
+        None if fixed is None else fixed.contiguous(),
         seed_tensor(seed, x0.device),
-        vocab,
-        q.stride(0) if q.dim() == 3 else 0,
-        q.stride(-2),
-        offset & _MASK32,
-        (offset >> 32) & _MASK32,
-        HAS_MATS=matrix_index is not None,
-        HAS_FIXED=fixed is not None,
-        BLOCK_V=block,
-        num_warps=num_warps(block),
+        offset,
+        block_v,
     )
-    return out

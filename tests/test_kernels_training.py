@@ -530,3 +530,28 @@ def test_score_entropy_kernel_int64_offsets_on_gpu():
         scores[tail].double(), x_t[tail], x0[tail], sigma[tail].double(), vocab - 1
     )
     torch.testing.assert_close(loss[tail].double(), want, rtol=1e-4, atol=1e-3)
+
+
+def test_noising_ops_opcheck_and_torch_compile_fullgraph():
+    from fastdiff.kernels import noising
+
+    x0 = torch.randint(0, 9, (2, 5), device=DEVICE)
+    q = torch.softmax(torch.randn(10, 10), -1).to(DEVICE)
+    seed = noising.seed_tensor(3, DEVICE)
+    move = torch.full((10,), 0.5, dtype=torch.float64, device=DEVICE)
+    torch.library.opcheck(
+        torch.ops.fastdiff.corrupt.default, (x0.flatten(), move, None, seed, 1, True, 10, 9, 16)
+    )
+    torch.library.opcheck(
+        torch.ops.fastdiff.corrupt_dense.default, (x0.flatten(), q, None, None, seed, 0, 16)
+    )
+
+    def noise(x0, sigma, q):
+        a = fastdiff.corrupt(x0, sigma, graph="absorb", vocab_size=10, mask_id=9, seed=3)
+        return a, fastdiff.corrupt_dense(x0, q, seed=4)
+
+    compiled = torch.compile(noise, fullgraph=True, backend="aot_eager")
+    sigma = torch.tensor([0.5, 1.0], device=DEVICE)
+    with fastdiff.use_backend("triton"):
+        for got, want in zip(compiled(x0, sigma, q), noise(x0, sigma, q)):
+            assert torch.equal(got, want)
