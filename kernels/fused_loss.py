@@ -18,7 +18,7 @@ from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import block_size, new_output
 from fastdiff.kernels.masked_diffusion import launch_mdlm
 from fastdiff.kernels.score_entropy import launch_absorb, launch_uniform
-from fastdiff.reference.losses import log_expm1, uniform_ratio
+from fastdiff.reference.losses import log_expm1, uniform_const, uniform_ratio
 
 _LAUNCHERS = {"absorb": launch_absorb, "uniform": launch_uniform, "mdlm": launch_mdlm}
 
@@ -119,11 +119,7 @@ def uniform_coef(sigma: torch.Tensor, same: torch.Tensor, vocab: int) -> torch.T
     """``(ratio, 1/e, K)`` of the uniform graph per row (ops.md 3a), fp32 ``[3, N]``."""
     sig = sigma.double()
     ratio, log_ratio = uniform_ratio(sig, vocab)
-    const = torch.where(
-        same,
-        (vocab - 1) / vocab * ratio * (log_ratio - 1.0),
-        ((-log_ratio - 1.0) / ratio - (vocab - 2)) / vocab,
-    )
+    const = uniform_const(ratio, log_ratio, same, vocab)
     return torch.stack((ratio, 1.0 / torch.expm1(sig), const)).float()
 
 

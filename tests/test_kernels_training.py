@@ -92,10 +92,12 @@ def _check_loss_and_grad(kernel_fn, ref_fn, scores, args, weight, dtype, *, scal
     row_scale = scale[:, None] * upstream.cpu().double()[:, None]
     grad = grad.double().cpu()
     # The fused gradient w (S - r) is stored in the input dtype before backward rescales it, so
-    # entries near or beyond the dtype's range (fp16 at sigma < ~1e-5: r > 65504) overflow to
-    # inf, as the documented fp16 limit says; they must not be NaN or of the wrong sign.
+    # entries near or beyond the dtype's range, before or after the rescale (fp16 at
+    # sigma < ~1e-5: r > 65504), overflow to inf, as the gradient of the reference run in fp16
+    # does; they must not be NaN or of the wrong sign.
     fused_ref = grad_r / upstream.cpu().double()[:, None]
-    big = fused_ref.abs() > 0.99 * torch.finfo(dtype).max
+    limit = 0.99 * torch.finfo(dtype).max
+    big = (fused_ref.abs() > limit) | (grad_r.abs() > limit)
     assert bool(
         (
             torch.isinf(grad[big]) | ((grad[big] - grad_r[big]).abs() <= 0.01 * grad_r[big].abs())

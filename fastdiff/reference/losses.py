@@ -69,6 +69,18 @@ def uniform_ratio(sigma: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, t
     return 1.0 / (1.0 + v_over_e), -torch.log1p(v_over_e)
 
 
+def uniform_const(
+    ratio: torch.Tensor, log_ratio: torch.Tensor, same: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """The constant ``K`` of the uniform-graph loss: ``((V-1)/V) ratio (log ratio - 1)`` where
+    ``x = x0``, ``((-log ratio - 1)/ratio - (V-2)) / V`` elsewhere."""
+    return torch.where(
+        same,
+        (vocab_size - 1) / vocab_size * ratio * (log_ratio - 1.0),
+        ((-log_ratio - 1.0) / ratio - (vocab_size - 2)) / vocab_size,
+    )
+
+
 def score_entropy_uniform(
     log_score: torch.Tensor,
     x_t: torch.Tensor,
@@ -101,11 +113,7 @@ def score_entropy_uniform(
     # the x != x0 branch reads s_{x0}; where x = x0 that entry is the ignored s_x
     s_x0 = torch.where(same, torch.zeros_like(s_x0), s_x0)
     neg = torch.where(same, ratio * neg0, s_x0 / e + neg0)
-    const = torch.where(
-        same,
-        (vocab - 1) / vocab * ratio * (log_ratio - 1.0),
-        ((-log_ratio - 1.0) / ratio - (vocab - 2)) / vocab,
-    )
+    const = uniform_const(ratio, log_ratio, same, vocab)
     loss = pos - neg + const
     return loss if weight is None else loss * weight.to(dtype)
 
