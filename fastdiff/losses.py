@@ -83,6 +83,10 @@ def score_entropy(
 
     Uniform graph: see :func:`fastdiff.reference.losses.score_entropy_uniform`.
     The loss is >= 0, exactly 0 at the true ratios, and differentiable in ``log_score``.
+
+    Precision: fp16 / bf16 inputs are computed in fp32 and the loss is fp32. The gradient has
+    the input's dtype; in fp16 it overflows where ``|weight (S_j - r)|`` passes 65504 (absorbing
+    graph at sigma below about 1.5e-5), so train in bf16 or fp32 when sigma gets that small.
     """
     graph = checks.graph(graph)
     reduction = checks.reduction(reduction)
