@@ -31,8 +31,11 @@ def set_value_checks(enabled: bool) -> None:
 
 def value_checks_enabled() -> bool:
     """Whether data-reading checks run (see module docstring). They are skipped while
-    ``torch.compile`` traces, where reading a tensor's values would break the graph."""
-    return _value_checks and not torch.compiler.is_compiling()
+    ``torch.compile`` traces and while a CUDA graph is being captured, where reading a
+    tensor's values would break the graph or the capture."""
+    if not _value_checks or torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 _INT_DTYPES = (torch.int64, torch.int32)
@@ -116,14 +119,18 @@ def reduction(reduction: str) -> str:
 
 
 def finite(name: str, x: torch.Tensor, *, allow_neg_inf: bool = False) -> None:
-    """No NaN (and no inf, except ``-inf`` when ``allow_neg_inf``) in ``x``."""
+    """No NaN (and no inf, except ``-inf`` when ``allow_neg_inf``) in ``x``.
+
+    One reduction pass: ``max`` propagates NaN, so ``max < inf`` fails on NaN and on ``+inf``.
+    """
     if not value_checks_enabled() or not x.numel():
         return
     if allow_neg_inf:
-        bad = bool(torch.isnan(x).any()) or bool(torch.isposinf(x).any())
+        bad = not bool(x.amax() < math.inf)
         what = "NaN or +inf"
     else:
-        bad = not bool(torch.isfinite(x).all())
+        lo, hi = torch.aminmax(x)
+        bad = not (bool(hi < math.inf) and bool(lo > -math.inf))
         what = "NaN or inf"
     if bad:
         raise ValueError(f"{name} contains {what}")

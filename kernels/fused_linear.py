@@ -21,8 +21,9 @@ from typing import Optional
 import torch
 
 from fastdiff.backend import register_kernel
-from fastdiff.kernels.fused_loss import _LAUNCHERS, absorb_coef, uniform_coef
+from fastdiff.kernels.fused_loss import _LAUNCHERS, absorb_coef, uniform_coef, use_reference
 from fastdiff.kernels.launch import block_size
+from fastdiff.reference import losses as ref
 
 # Logit elements per chunk (64 Mi elements: 128 MiB of bf16 logits) unless told otherwise.
 CHUNK_ELEMENTS = 1 << 26
@@ -182,7 +183,14 @@ def linear_score_entropy(
     mask_id: int,
     chunk_rows: int | None,
 ) -> torch.Tensor:
-    """Kernel for :func:`fastdiff.reference.losses.linear_score_entropy` (fp32 scalar)."""
+    """Kernel for :func:`fastdiff.reference.losses.linear_score_entropy` (fp32 scalar).
+
+    float64 inputs, or a sigma / weight that needs a gradient (learned schedules), take the
+    unfused reference: the fused op treats them as constants."""
+    if use_reference(hidden, sigma, weight):
+        return ref.linear_score_entropy(
+            hidden, projection, bias, x_t, x0, sigma, weight, graph, mask_id, chunk_rows
+        )
     if graph == "absorb":
         coef = absorb_coef(sigma)
     else:
@@ -201,6 +209,11 @@ def linear_masked_diffusion_loss(
     weight: torch.Tensor | None,
     chunk_rows: int | None,
 ) -> torch.Tensor:
-    """Kernel for :func:`fastdiff.reference.losses.linear_masked_diffusion_loss` (fp32)."""
+    """Kernel for :func:`fastdiff.reference.losses.linear_masked_diffusion_loss` (fp32);
+    float64 inputs or a weight that needs a gradient take the unfused reference."""
+    if use_reference(hidden, weight):
+        return ref.linear_masked_diffusion_loss(
+            hidden, projection, bias, x_t, x0, mask_id, weight, chunk_rows
+        )
     coef = torch.empty((0, x_t.shape[0]), device=hidden.device)
     return _run("mdlm", hidden, projection, bias, x_t, x0, coef, weight, mask_id, chunk_rows)

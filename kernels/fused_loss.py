@@ -18,7 +18,8 @@ from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import block_size, new_output
 from fastdiff.kernels.masked_diffusion import launch_mdlm
 from fastdiff.kernels.score_entropy import launch_absorb, launch_uniform
-from fastdiff.reference.losses import log_expm1, uniform_const, uniform_ratio
+from fastdiff.reference import losses as ref
+from fastdiff.reference.losses import absorb_const, log_expm1, uniform_const, uniform_ratio
 
 _LAUNCHERS = {"absorb": launch_absorb, "uniform": launch_uniform, "mdlm": launch_mdlm}
 
@@ -76,8 +77,25 @@ def _backward(ctx, grad_loss: torch.Tensor, _unused: torch.Tensor | None):
     # (fake / functional tensors under torch.compile or AOT), values are unknown: rescale.
     traced = type(grad_loss) is not torch.Tensor or torch.compiler.is_compiling()
     if traced or not bool((grad_loss == 1).all()):
-        grad = (grad.float() * grad_loss[:, None].float()).to(grad.dtype)
+        grad = rescale_rows(grad, grad_loss)
     return grad, None, None, None, None, None, None, None, None
+
+
+# fp32 elements per chunk of the backward rescale (64 MiB of fp32 temporaries at most)
+RESCALE_CHUNK_ELEMENTS = 1 << 24
+
+
+def rescale_rows(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``grad * factor[:, None]`` computed in fp32 and rounded once to ``grad``'s dtype, in row
+    chunks so the fp32 temporary stays under ``RESCALE_CHUNK_ELEMENTS``."""
+    if grad.dtype in (torch.float32, torch.float64):
+        return grad * factor[:, None].to(grad.dtype)
+    out = torch.empty_like(grad)
+    step = max(1, RESCALE_CHUNK_ELEMENTS // max(grad.shape[1], 1))
+    for start in range(0, grad.shape[0], step):
+        rows = slice(start, start + step)
+        out[rows] = (grad[rows].float() * factor[rows, None].float()).to(grad.dtype)
+    return out
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
@@ -93,31 +111,43 @@ def _run(
     mask_id: int,
     block_v: int,
 ) -> torch.Tensor:
-    need_grad = torch.is_grad_enabled() and scores.requires_grad
+    grad_on = torch.is_grad_enabled()
+    # A weight that needs a gradient is applied outside the op: autograd then gives
+    # d/d weight = the per-row loss and rescales the fused gradient by grad_output * weight.
+    outside = weight is not None and grad_on and weight.requires_grad
     loss, _ = fused_loss(
         scores.contiguous(),
         x_t.contiguous(),
         x0.contiguous(),
         coef,
-        None if weight is None else weight.float().contiguous(),
+        None if weight is None or outside else weight.float().contiguous(),
         kind,
         mask_id,
-        need_grad,
+        grad_on and scores.requires_grad,
         block_v,
     )
-    return loss
+    return loss * weight.float() if outside else loss
+
+
+def use_reference(scores: torch.Tensor, *per_row: torch.Tensor | None) -> bool:
+    """Whether a loss kernel defers to its reference: float64 inputs (the kernels compute in
+    fp32) or a per-row input other than the weight that needs a gradient (sigma of a learned
+    schedule: the kernels take it as a constant)."""
+    if scores.dtype == torch.float64:
+        return True
+    grad_on = torch.is_grad_enabled()
+    return any(t is not None and grad_on and t.requires_grad for t in per_row)
 
 
 def absorb_coef(sigma: torch.Tensor) -> torch.Tensor:
     """``(r, r (log r - 1))`` with ``r = 1/expm1(sigma)``, float64 math, fp32 ``[2, N]``."""
-    log_r = -log_expm1(sigma.double())
-    r = torch.exp(log_r)
-    return torch.stack((r, r * (log_r - 1.0))).float()
+    r = torch.exp(-log_expm1(sigma.detach().double()))
+    return torch.stack((r, absorb_const(r))).float()
 
 
 def uniform_coef(sigma: torch.Tensor, same: torch.Tensor, vocab: int) -> torch.Tensor:
     """``(ratio, 1/e, K)`` of the uniform graph per row (ops.md 3a), fp32 ``[3, N]``."""
-    sig = sigma.double()
+    sig = sigma.detach().double()
     ratio, log_ratio = uniform_ratio(sig, vocab)
     const = uniform_const(ratio, log_ratio, same, vocab)
     return torch.stack((ratio, 1.0 / torch.expm1(sig), const)).float()
@@ -135,6 +165,8 @@ def score_entropy_absorb(
     block_v: int = 0,
 ) -> torch.Tensor:
     """Kernel for :func:`fastdiff.reference.losses.score_entropy_absorb` (fp32 ``[N]``)."""
+    if use_reference(log_score, sigma):
+        return ref.score_entropy_absorb(log_score, x_t, x0, sigma, mask_id, weight)
     return _run("absorb", log_score, x_t, x0, absorb_coef(sigma), weight, mask_id, block_v)
 
 
@@ -149,6 +181,8 @@ def score_entropy_uniform(
     block_v: int = 0,
 ) -> torch.Tensor:
     """Kernel for :func:`fastdiff.reference.losses.score_entropy_uniform` (fp32 ``[N]``)."""
+    if use_reference(log_score, sigma):
+        return ref.score_entropy_uniform(log_score, x_t, x0, sigma, weight)
     coef = uniform_coef(sigma, x_t == x0, log_score.shape[-1])
     return _run("uniform", log_score, x_t, x0, coef, weight, -1, block_v)
 
@@ -164,5 +198,7 @@ def masked_diffusion_loss(
     block_v: int = 0,
 ) -> torch.Tensor:
     """Kernel for :func:`fastdiff.reference.losses.masked_diffusion_loss` (fp32 ``[N]``)."""
+    if use_reference(logits):
+        return ref.masked_diffusion_loss(logits, x_t, x0, mask_id, weight)
     coef = torch.empty((0, x_t.shape[0]), device=logits.device)
     return _run("mdlm", logits, x_t, x0, coef, weight, mask_id, block_v)

@@ -56,7 +56,11 @@ def _mdlm_kernel(
         safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
         total = tl.sum(run_sum * tl.exp(run_max - safe_max), axis=0)
         log_z = safe_max + tl.log(total)
-        s_x0 = tl.load(s_row + x0).to(tl.float32)
+        # every thread reads s[x0] before any gradient store (in-place use); an id out of range
+        # (value checks off) reads nothing and gives a NaN loss
+        x0_ok = (x0 >= 0) & (x0 < V)
+        s_x0 = tl.load(s_row + x0, mask=x0_ok, other=float("nan")).to(tl.float32)
+        tl.debug_barrier()
         tl.store(loss_ptr + row, w * (log_z - s_x0))
         if WRITE_GRAD:
             for start in range(0, V, BLOCK_V):

@@ -173,7 +173,9 @@ def _dense_race_kernel(
         tl.store(out_ptr + row, x0)
     else:
         seed = tl.load(seed_ptr)
-        q_row = q_ptr + x0 * stride_r
+        # an id out of range (value checks off) reads nothing: every weight 0, token 0
+        x0_ok = (x0 >= 0) & (x0 < V)
+        q_row = q_ptr + tl.where(x0_ok, x0, 0) * stride_r
         if HAS_MATS:
             q_row += tl.load(mat_ptr + row) * stride_m
         best = tl.full((), float("-inf"), tl.float32)
@@ -182,6 +184,7 @@ def _dense_race_kernel(
             cols = start + tl.arange(0, BLOCK_V)
             a, b = column_words(seed, offset_lo, offset_hi, row, start, BLOCK_V)
             w = tl.load(q_row + cols, mask=cols < V, other=0.0).to(tl.float32)
+            w = tl.where(x0_ok, w, 0.0)
             key = tl.log(w) - tl.log(exponential_from_words(a, b))
             key = tl.where(cols < V, key, float("-inf"))
             blk_best = tl.max(key, axis=0)

@@ -3,8 +3,8 @@
 The loss needs no normalization, so one program per row reads the log-scores once,
 accumulates the loss terms and, when a gradient is needed, writes ``d loss / d s`` in the same
 pass (possibly in place over the scores: every score is read before its gradient is written).
-Per-row constants (``r = 1/expm1(sigma)``, the uniform ``ratio``, ``1/e`` and ``K``) come
-precomputed in float64 from :mod:`fastdiff.kernels.fused_loss`, so the kernels need no
+Per-row constants (``r = 1/expm1(sigma)``, the uniform ``ratio``, ``1/e`` and ``K``) are
+computed in float64 and stored fp32 by :mod:`fastdiff.kernels.fused_loss`, so the kernels need no
 ``expm1`` / ``log1p`` of their own. Rows with ``x_t != m`` (absorbing) cost one store of zeros.
 """
 
@@ -46,8 +46,12 @@ def _absorb_kernel(
         s_row = s_ptr + row * stride_s
         x0 = tl.load(x0_ptr + row)
         r = tl.load(r_ptr + row)
-        # read before the loop: the gradient may be written in place over the scores
-        s_x0 = tl.load(s_row + x0).to(tl.float32)
+        # read before the loop, and by every thread before any store (barrier): the gradient
+        # may be written in place over the scores. An id out of range (value checks off)
+        # reads nothing and gives a NaN loss.
+        x0_ok = (x0 >= 0) & (x0 < V)
+        s_x0 = tl.load(s_row + x0, mask=x0_ok, other=float("nan")).to(tl.float32)
+        tl.debug_barrier()
         pos = tl.zeros((BLOCK_V,), dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + cols0
@@ -103,8 +107,11 @@ def _uniform_kernel(
     c_same = ratio * inv_v
     s_row = s_ptr + row * stride_s
     g_row = grad_ptr + row * stride_g
-    # read before the loop: the gradient may be written in place over the scores
-    s_x0 = tl.load(s_row + x0).to(tl.float32)
+    # read before the loop, and by every thread before any store (barrier): the gradient may
+    # be written in place over the scores. An id out of range reads nothing: NaN loss.
+    x0_ok = (x0 >= 0) & (x0 < V)
+    s_x0 = tl.load(s_row + x0, mask=x0_ok, other=float("nan")).to(tl.float32)
+    tl.debug_barrier()
     pos = tl.zeros((BLOCK_V,), dtype=tl.float32)
     neg = tl.zeros((BLOCK_V,), dtype=tl.float32)
     for start in range(0, V, BLOCK_V):

@@ -518,3 +518,13 @@ def test_public_names_are_exported():
     assert fastdiff.confidence_unmask_step is confidence_unmask_step
     assert fastdiff.select_commits is select_commits
     assert fastdiff.unmask_quota is unmask_quota
+
+
+def test_select_commits_reads_no_values_while_a_cuda_graph_is_captured(monkeypatch) -> None:
+    """During CUDA-graph capture the value checks (which synchronize) are skipped: a NaN
+    confidence is then not eligible instead of raising."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    conf = torch.tensor([[0.2, float("nan"), 0.9, -torch.inf]])
+    commit = select_commits(conf, k=2)
+    assert commit.tolist() == [[True, False, True, False]]

@@ -48,12 +48,10 @@ def score_entropy_absorb(
     dtype = compute_dtype(log_score.dtype)
     rows = torch.nonzero(x_t == mask_id).squeeze(1)
     s = log_score.index_select(0, rows).to(dtype)
-    log_r = -log_expm1(sigma.index_select(0, rows).to(dtype))
-    r = torch.exp(log_r)
+    r = torch.exp(-log_expm1(sigma.index_select(0, rows).to(dtype)))
     pos = s.index_fill(-1, torch.tensor([mask_id], device=s.device), -torch.inf).exp().sum(-1)
     neg = r * s.gather(-1, x0.index_select(0, rows)[:, None]).squeeze(-1)
-    const = r * (log_r - 1.0)
-    loss = pos - neg + const
+    loss = pos - neg + absorb_const(r)
     if weight is not None:
         loss = loss * weight.index_select(0, rows).to(dtype)
     return _scatter_rows(rows, loss, n)
@@ -73,12 +71,18 @@ def uniform_const(
     ratio: torch.Tensor, log_ratio: torch.Tensor, same: torch.Tensor, vocab_size: int
 ) -> torch.Tensor:
     """The constant ``K`` of the uniform-graph loss: ``((V-1)/V) ratio (log ratio - 1)`` where
-    ``x = x0``, ``((-log ratio - 1)/ratio - (V-2)) / V`` elsewhere."""
+    ``x = x0`` (with ``0 log 0 = 0``, the limit at sigma -> 0), ``((-log ratio - 1)/ratio -
+    (V-2)) / V`` elsewhere."""
     return torch.where(
         same,
-        (vocab_size - 1) / vocab_size * ratio * (log_ratio - 1.0),
+        (vocab_size - 1) / vocab_size * (torch.special.xlogy(ratio, ratio) - ratio),
         ((-log_ratio - 1.0) / ratio - (vocab_size - 2)) / vocab_size,
     )
+
+
+def absorb_const(r: torch.Tensor) -> torch.Tensor:
+    """``r (log r - 1)`` with ``0 log 0 = 0`` (``r = 0`` at ``sigma = inf``)."""
+    return torch.special.xlogy(r, r) - r
 
 
 def score_entropy_uniform(

@@ -14,6 +14,9 @@ from fastdiff import random as frandom
 
 Seed = int | torch.Tensor
 
+# noise elements drawn per chunk of the race (8 MiB of float64)
+_RACE_CHUNK_ELEMENTS = 1 << 20
+
 
 def race(
     log_weights: torch.Tensor,
@@ -24,11 +27,17 @@ def race(
     """``argmax_j (log w_j - log E_j)`` per row of ``log_weights [n, V]`` (float64 inside).
 
     ``rows`` ``[n]`` are the global row indices that key the noise, so a subset of rows draws
-    the same noise as the full tensor would. ``-inf`` entries never win.
+    the same noise as the full tensor would. ``-inf`` entries never win. The noise is drawn and
+    consumed in row chunks, so no ``[n, V]`` noise tensor exists at once.
     """
-    noise = frandom.exponential(seed, offset, rows, log_weights.shape[-1])
-    keys = log_weights.to(torch.float64) - torch.log(noise)
-    return keys.argmax(-1)
+    n, vocab = log_weights.shape
+    out = torch.empty(n, dtype=torch.int64, device=log_weights.device)
+    step = max(1, _RACE_CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, n, step):
+        chunk = slice(start, start + step)
+        keys = frandom.exponential(seed, offset, rows[chunk], vocab).log_().neg_()
+        out[chunk] = keys.add_(log_weights[chunk].to(torch.float64)).argmax(-1)
+    return out
 
 
 def filter_logits(
