@@ -1,4 +1,5 @@
-"""SEDD- and MDLM-style eager baselines, for fastdiff's benchmarks and tests only.
+"""Eager baselines in the style of the public implementations, for fastdiff's benchmarks and
+tests only.
 
 These functions are written here (not copied) in the style of the public research code, so
 that fastdiff's reference and kernels can be timed against what users run today:
@@ -10,23 +11,32 @@ that fastdiff's reference and kernels can be timed against what users run today:
   ``catsample.sample_categorical``;
 - MDLM (Sahoo et al. 2024; github kuleshov-group/mdlm, ``diffusion.py``):
   ``_subs_parameterization``, the continuous-time loss of ``_forward_pass_diffusion`` and the
-  ``_ddpm_update`` / ``_ddpm_caching_update`` step with ``_sample_categorical``.
+  ``_ddpm_update`` / ``_ddpm_caching_update`` step with ``_sample_categorical``;
+- D3PM (Austin et al. 2021; google-research/d3pm ``diffusion_categorical.py`` and its PyTorch
+  ports): ``q_sample`` with a dense cumulative matrix and clipped float32 Gumbel noise;
+- LLaDA (Nie et al. 2025; github ML-GSAI/LLaDA ``generate.py``): one low-confidence
+  remasking step with a per-sequence ``topk`` loop;
+- Diffusion-LM (Li et al. 2022; github XiangLi1999/Diffusion-LM, on improved-diffusion's
+  ``gaussian_diffusion.py``): ``q_sample`` after the embedding lookup, ``p_sample`` and
+  ``ddim_sample`` through ``p_mean_variance``, and the ``get_efficient_knn`` rounding.
 
 They deliberately keep the public code's eager sequence of ops: the same full ``[N, V]``
 temporaries (boolean-index copies, ``F.one_hot`` int64 matrices, ``zeros_like`` scatters,
-``logsumexp`` then subtract), the same float32 Gumbel noise
+``logsumexp`` then subtract, a full ``[V, N]`` distance matrix), the same float32 Gumbel noise
 ``1e-10 - (torch.rand_like(p) + 1e-10).log()`` (whose tail is capped near 23, see ops.md 5),
 the same ``-1e6`` "negative infinity" of MDLM and the same numerically unstable uniform ratio
 ``1 - V / (expm1(sigma) + V)`` of SEDD (0 in float32 for small sigma; see ops.md 3a). Where
 SEDD assumes the mask token is the last column, so do these functions (``mask_id == V - 1``).
 
 Inputs are flattened like fastdiff's ops: scores ``[N, V]``, tokens ``[N]`` (int64) and
-per-row tensors ``[N]`` (``sigma``, ``dsigma``, ...). The SEDD sampling functions take the raw
-log-score (the model output) and apply ``exp`` as SEDD's ``get_score_fn(sampling=True)`` does;
-the analytic step also relies on SEDD's model-side convention that the log-score at the
-current token is 0 (the model scatters a 0 there), which fastdiff does not need.
+per-row tensors ``[N]`` (``sigma``, ``dsigma``, ``abar``, ...); Gaussian states ``[N, H]``.
+The SEDD sampling functions take the raw log-score (the model output) and apply ``exp`` as
+SEDD's ``get_score_fn(sampling=True)`` does; the analytic step also relies on SEDD's
+model-side convention that the log-score at the current token is 0 (the model scatters a 0
+there), which fastdiff does not need.
 
-Never used by the library: ``fastdiff`` must not import this module.
+Never used by the library: ``import fastdiff`` does not import this module; only the benchmark
+harness :mod:`fastdiff.bench` and the tests do.
 """
 
 from __future__ import annotations
@@ -294,3 +304,182 @@ def mdlm_step(
     _x = sedd_sample_categorical(q_xs)
     copy_flag = (x != mask_id).to(x.dtype)
     return copy_flag * x + (1 - copy_flag) * _x
+
+
+# --------------------------------------------------------------------------------------------
+# projection then loss (what SEDD / MDLM models do: the full [N, V] logits exist)
+# --------------------------------------------------------------------------------------------
+
+
+def sedd_linear_score_entropy_absorb(
+    hidden: torch.Tensor,
+    projection: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    mask_id: int,
+) -> torch.Tensor:
+    """SEDD's output layer then its loss: ``[N, V]`` log-scores ``hidden W^T``, then
+    :func:`sedd_score_entropy_absorb`, summed over rows."""
+    log_score = F.linear(hidden, projection)
+    return sedd_score_entropy_absorb(log_score, x_t, x0, sigma, mask_id).sum()
+
+
+def mdlm_linear_loss(
+    hidden: torch.Tensor,
+    projection: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    dsigma: torch.Tensor,
+    mask_id: int,
+) -> torch.Tensor:
+    """MDLM's output layer then its loss: ``[N, V]`` logits ``hidden W^T`` (a fresh model
+    output, edited in place by SUBS), then :func:`mdlm_loss`, summed over rows."""
+    logits = F.linear(hidden, projection)
+    return mdlm_loss(logits, x_t, x0, sigma, dsigma, mask_id, inplace=True).sum()
+
+
+# --------------------------------------------------------------------------------------------
+# D3PM and LLaDA
+# --------------------------------------------------------------------------------------------
+
+# D3PM's ``self.eps`` added to probabilities before the log.
+D3PM_EPS = 1e-6
+
+
+def d3pm_corrupt_dense(x0: torch.Tensor, qbar: torch.Tensor) -> torch.Tensor:
+    """D3PM ``q_sample`` with one cumulative matrix ``qbar [V, V]``: gather the rows
+    ``Qbar[x0]``, ``log(p + 1e-6)``, float32 Gumbel noise from uniforms clipped at the smallest
+    normal number, argmax."""
+    logits = torch.log(qbar[x0] + D3PM_EPS)
+    noise = torch.clip(torch.rand_like(logits), min=torch.finfo(logits.dtype).tiny, max=1.0)
+    gumbel_noise = -torch.log(-torch.log(noise))
+    return torch.argmax(logits + gumbel_noise, dim=-1)
+
+
+def llada_unmask_step(logits: torch.Tensor, x: torch.Tensor, mask_id: int, k: int) -> torch.Tensor:
+    """One step of LLaDA's ``generate`` (``remasking="low_confidence"``, temperature 0):
+    ``argmax`` proposals, a float64 softmax for the confidence ``p(x0)``, ``-inf`` off the mask,
+    then per sequence the ``k`` most confident positions are committed. ``logits [B, L, V]``,
+    ``x [B, L]``; returns new tokens (``x`` itself is not modified). Unlike fastdiff, LLaDA
+    does not exclude the mask column from the proposal."""
+    mask_index = x == mask_id
+    x0 = torch.argmax(logits, dim=-1)  # add_gumbel_noise(logits, temperature=0) is the logits
+    p = F.softmax(logits.to(torch.float64), dim=-1)
+    x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
+    x0 = torch.where(mask_index, x0, x)
+    confidence = torch.where(mask_index, x0_p, -torch.inf)
+    transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+    for j in range(confidence.shape[0]):
+        _, select_index = torch.topk(confidence[j], k=k)
+        transfer_index[j, select_index] = True
+    x = x.clone()
+    x[transfer_index] = x0[transfer_index]
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Diffusion-LM (improved-diffusion's Gaussian diffusion)
+# --------------------------------------------------------------------------------------------
+
+
+def _extract(coef: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    # improved-diffusion ``_extract_into_tensor``: a per-row coefficient broadcast to the state
+    res = coef.float()
+    while res.dim() < len(shape):
+        res = res[..., None]
+    return res.expand(shape)
+
+
+def diffusionlm_q_sample(
+    input_ids: torch.Tensor,
+    embedding: torch.Tensor,
+    abar: torch.Tensor,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Diffusion-LM's training input: ``x_start = E[ids]`` (``model.get_embeds``), then
+    improved-diffusion ``q_sample`` with ``noise = randn_like(x_start)``. Returns
+    ``(x_t, noise, x_start)``."""
+    x_start = F.embedding(input_ids, embedding)
+    if noise is None:
+        noise = torch.randn_like(x_start)
+    shape = x_start.shape
+    x_t = _extract(abar.sqrt(), shape) * x_start + _extract((1.0 - abar).sqrt(), shape) * noise
+    return x_t, noise, x_start
+
+
+def _p_mean_variance(
+    eps: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, abar_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """improved-diffusion ``p_mean_variance`` (eps prediction, ``FIXED_LARGE`` variance, no
+    clipping): ``(model_mean, model_log_variance, pred_xstart)``."""
+    shape = x_t.shape
+    alpha = abar / abar_prev
+    beta = 1.0 - alpha
+    pred_xstart = (
+        _extract(torch.sqrt(1.0 / abar), shape) * x_t
+        - _extract(torch.sqrt(1.0 / abar - 1.0), shape) * eps
+    )
+    coef1 = beta * abar_prev.sqrt() / (1.0 - abar)
+    coef2 = (1.0 - abar_prev) * alpha.sqrt() / (1.0 - abar)
+    model_mean = _extract(coef1, shape) * pred_xstart + _extract(coef2, shape) * x_t
+    model_log_variance = _extract(torch.log(beta), shape)
+    return model_mean, model_log_variance, pred_xstart
+
+
+def diffusionlm_ddpm_step(
+    eps: torch.Tensor,
+    x_t: torch.Tensor,
+    abar: torch.Tensor,
+    abar_prev: torch.Tensor,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """improved-diffusion ``p_sample``: ``mean + [not last step] exp(log_var / 2) noise`` with
+    ``noise = randn_like(x_t)`` and variance ``beta_t``."""
+    model_mean, model_log_variance, _ = _p_mean_variance(eps, x_t, abar, abar_prev)
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    nonzero_mask = _extract((abar_prev < 1.0).float(), x_t.shape)
+    return model_mean + nonzero_mask * torch.exp(0.5 * model_log_variance) * noise
+
+
+def diffusionlm_ddim_step(
+    eps: torch.Tensor,
+    x_t: torch.Tensor,
+    abar: torch.Tensor,
+    abar_prev: torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """improved-diffusion ``ddim_sample``: ``pred_xstart`` from ``p_mean_variance`` (whose
+    posterior mean is computed and unused, as there), ``eps`` recomputed from it, then
+    ``sqrt(abar') x0 + sqrt(1 - abar' - sig^2) eps + sig noise``."""
+    shape = x_t.shape
+    _, _, pred_xstart = _p_mean_variance(eps, x_t, abar, abar_prev)
+    eps = (_extract(torch.sqrt(1.0 / abar), shape) * x_t - pred_xstart) / _extract(
+        torch.sqrt(1.0 / abar - 1.0), shape
+    )
+    sigma = eta * torch.sqrt((1.0 - abar_prev) / (1.0 - abar)) * torch.sqrt(1.0 - abar / abar_prev)
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    mean_pred = (
+        pred_xstart * _extract(abar_prev.sqrt(), shape)
+        + _extract(torch.sqrt(1.0 - abar_prev - sigma**2), shape) * eps
+    )
+    nonzero_mask = _extract((abar_prev < 1.0).float(), shape)
+    return mean_pred + nonzero_mask * _extract(sigma, shape) * noise
+
+
+def diffusionlm_round(
+    x: torch.Tensor, embedding: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion-LM's rounding (``denoised_fn_round`` with ``get_efficient_knn``): the full
+    ``[V, N]`` squared-distance matrix ``|E|^2 + |x|^2 - 2 E x^T``, clamped at 0, ``topk(-d)``
+    over ``V``, then the embedding lookup. Returns ``(tokens [N], E[tokens] [N, H])``."""
+    emb_norm = (embedding**2).sum(-1).view(-1, 1)
+    arr_norm = (x**2).sum(-1).view(-1, 1)
+    dist = emb_norm + arr_norm.transpose(0, 1) - 2.0 * torch.mm(embedding, x.t())
+    dist = torch.clamp(dist, 0.0, torch.inf)
+    tokens = torch.topk(-dist, k=1, dim=0).indices[0]
+    return tokens, F.embedding(tokens, embedding)

@@ -206,13 +206,11 @@ def ddim_step(
         eps = (xt - _col(abar.sqrt(), ct) * x0_hat) * _col(1.0 / one_minus.sqrt(), ct)
     sig2 = eta.square() * one_minus_prev / one_minus * ((abar_prev - abar) / abar_prev)
     dir2 = torch.clamp(one_minus_prev - sig2, min=0.0)
-    if noise is None:
-        noise = _std_normal(seed, offset, xt.shape[0], xt.shape[1], xt.device)
-    new = (
-        _col(abar_prev.sqrt(), ct) * x0_hat
-        + _col(dir2.sqrt(), ct) * eps
-        + _col(sig2.sqrt(), ct) * noise.to(ct)
-    )
+    new = _col(abar_prev.sqrt(), ct) * x0_hat + _col(dir2.sqrt(), ct) * eps
+    if noise is not None or not bool((sig2 == 0).all()):  # deterministic DDIM draws nothing
+        if noise is None:
+            noise = _std_normal(seed, offset, xt.shape[0], xt.shape[1], xt.device)
+        new = new + _col(sig2.sqrt(), ct) * noise.to(ct)
     return _keep_fixed(new.to(x_t.dtype), x_t, fixed)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of fastdiff (pytest-benchmark files ``bench_*.py`` and their helpers)."""

@@ -1,0 +1,5 @@
+"""``python -m fastdiff``: the same as the ``fastdiff`` console script."""
+
+from fastdiff.cli import main
+
+raise SystemExit(main())

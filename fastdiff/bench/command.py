@@ -1,0 +1,226 @@
+"""Time the ops against their reference, torch.compile and public-style baselines; print a
+table, write JSON (schema: fastdiff.bench.report) and a PNG plot under --out.
+
+Examples:
+
+    fastdiff bench --quick                         # every op, small CPU shapes, < 1 minute
+    fastdiff bench --ops training --dtype bfloat16 # the loss family on the GPU
+    fastdiff bench --ops score_entropy_absorb --shapes 16384x50258 --providers fastdiff sedd
+    fastdiff bench --compare A.json B.json         # ratio table of two result files
+
+(``python -m fastdiff.bench`` is the same command.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from fastdiff.bench import cases, peak, report, runner
+from fastdiff.bench.shapes import CPU_DTYPES, DTYPES, GPU_DTYPES, TIERS, dtype_name, parse_shape
+
+PROVIDER_CHOICES = (*cases.CORE_PROVIDERS, "baseline", *cases.BASELINE_STYLES)
+DEFAULT_OUT = Path("benchmarks") / "results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fastdiff bench``."""
+    parser.add_argument(
+        "--ops",
+        nargs="+",
+        metavar="OP",
+        help=f"op names or families ({', '.join(cases.FAMILIES)}); default: all (see --list)",
+    )
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        metavar="P",
+        choices=PROVIDER_CHOICES,
+        default=["fastdiff", "reference", "compile", "baseline"],
+        help="fastdiff, reference, compile, baseline (= each op's public-style baseline) or a "
+        f"baseline style ({', '.join(cases.BASELINE_STYLES)}); default: all",
+    )
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        metavar="D",
+        choices=list(DTYPES),
+        help="float32, bfloat16, float16, float64; default: float32 on the CPU, "
+        "bfloat16 and float32 on CUDA",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes, short timing loops, no torch.compile (< 1 min on a 2-core CPU)",
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="S",
+        help=f"a tier ({', '.join(TIERS)}) or shapes NxV / NxVxH (H defaults per op; the "
+        "Gaussian step ops ignore V); default: the device's tier",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "triton"),
+        default="auto",
+        help="backend of the fastdiff provider (default: auto)",
+    )
+    parser.add_argument(
+        "--value-checks",
+        action="store_true",
+        help="keep fastdiff's data-reading argument checks on (default: off while timing)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: 1 with --quick on the CPU, torch's default otherwise)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"directory of the JSON and PNG files (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="print the ratio table of two result files and exit",
+    )
+    parser.add_argument("--list", action="store_true", help="list the ops and exit")
+
+
+def _list() -> str:
+    lines = [f"{'op':<28} {'family':<9} {'pass':<8} providers"]
+    for c in cases.CASES:
+        lines.append(f"{c.name:<28} {c.family:<9} {c.what:<8} {' '.join(c.providers)}")
+    return "\n".join(lines)
+
+
+def _shapes(specs: list[str] | None, device: torch.device, quick: bool):
+    """``(tier, explicit shapes or None)`` from ``--shapes``."""
+    default = ("gpu" if device.type == "cuda" else "cpu") + ("-quick" if quick else "")
+    if not specs:
+        return default, None
+    if len(specs) == 1 and specs[0] in TIERS:
+        return specs[0], None
+    return default, [parse_shape(s) for s in specs]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fastdiff bench`` with parsed arguments; returns the exit status."""
+    if args.compare:
+        a, b = (report.load(p) for p in args.compare)
+        print(report.compare(a, b, str(args.compare[0]), str(args.compare[1])))
+        return 0
+    if args.list:
+        print(_list())
+        return 0
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # CUDA events and do_bench use the current device
+    threads = torch.get_num_threads()
+    if args.threads or (args.quick and device.type == "cpu"):
+        torch.set_num_threads(args.threads or 1)
+    try:
+        return _bench(args, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench(args: argparse.Namespace, device: torch.device) -> int:
+    dtypes = (
+        [DTYPES[d] for d in args.dtype]
+        if args.dtype
+        else list(GPU_DTYPES if device.type == "cuda" else CPU_DTYPES)
+    )
+    tier, shapes = _shapes(args.shapes, device, args.quick)
+    selected = cases.select(args.ops)
+    plans = runner.plan(selected, set(args.providers), dtypes, tier, shapes)
+    if not plans:
+        print("nothing to run: no op has the chosen providers and dtypes", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=sum(len(p.providers) for p in plans) + 1,
+        desc="fastdiff bench",
+        unit="run",
+        file=sys.stderr,
+        disable=args.no_progress,
+        dynamic_ncols=True,
+    )
+    bar.set_postfix_str("peak: copy and matmul")
+    measured = peak.measure(device, dtypes, args.quick)
+    bar.update()
+    results = runner.run(
+        plans,
+        device,
+        measured,
+        quick=args.quick,
+        backend_choice=args.backend,
+        checks=args.value_checks,
+        progress=bar,
+    )
+    bar.close()
+    settings = {
+        "quick": args.quick,
+        "tier": tier if shapes is None else "custom",
+        "backend": args.backend,
+        "value_checks": args.value_checks,
+        "ops": [c.name for c in selected],
+        "providers": list(args.providers),
+        "dtypes": [dtype_name(d) for d in dtypes],
+    }
+    doc = report.document(results, measured, device, settings, args.command_line)
+    print(report.header(doc))
+    print(report.table(doc))
+    stem = report.file_stem(doc)
+    print(f"\nJSON: {report.write_json(doc, args.out / f'{stem}.json')}")
+    if not args.no_plot:
+        print(f"PNG: {report.plot(doc, args.out / f'{stem}.png')}")
+    return 0
+
+
+def execute(parser: argparse.ArgumentParser, argv: list[str] | None, prefix: list[str]) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and call the chosen ``handler``; ``prefix`` +
+    ``argv`` is the command line recorded in the JSON. Bad values (an unknown op, shape or
+    result file) end as usage errors."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.command_line = [*prefix, *argv]
+    try:
+        return args.handler(args)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+DESCRIPTION, EPILOG = __doc__.split("\n\n", 1)
+PARSER_TEXT = {
+    "description": DESCRIPTION,
+    "epilog": EPILOG,
+    "formatter_class": argparse.RawDescriptionHelpFormatter,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastdiff.bench [options]``."""
+    parser = argparse.ArgumentParser(prog="python -m fastdiff.bench", **PARSER_TEXT)
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return execute(parser, argv, ["python", "-m", "fastdiff.bench"])
