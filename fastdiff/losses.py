@@ -53,6 +53,20 @@ def _reduce(
     return loss.sum() / torch.clamp(torch.as_tensor(count, device=loss.device), min=1)
 
 
+def _check_token_pair(x_t: torch.Tensor, x0: torch.Tensor, vocab: int, mask_id: int | None) -> int:
+    """Token ids of ``x_t`` and ``x0`` in range; with a ``mask_id`` (absorbing graph, masked
+    diffusion) the mask id is valid and never a clean token. Returns the mask id or -1."""
+    checks.vocab_size(vocab, minimum=2)
+    checks.token_range("x_t", x_t, vocab)
+    checks.token_range("x0", x0, vocab)
+    if mask_id is None:
+        return -1
+    m = checks.mask_id(mask_id, vocab)
+    if checks.value_checks_enabled() and bool((x0 == m).any()):
+        raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    return m
+
+
 def score_entropy(
     log_score: torch.Tensor,
     x_t: torch.Tensor,
@@ -94,15 +108,11 @@ def score_entropy(
     vocab = checks.scores("log_score", log_score, x_t)
     x0 = checks.tokens("x0", x0, x_t.shape)
     device = checks.same_device(log_score=log_score, x_t=x_t, x0=x0)
-    checks.vocab_size(vocab, minimum=2)
     batch_shape = x_t.shape
     ignore = checks.bool_mask("ignore", ignore, batch_shape)
-    checks.token_range("x_t", x_t, vocab)
-    checks.token_range("x0", x0, vocab)
-    if graph == "absorb":
-        m = checks.mask_id(mask_id, vocab)
-        if checks.value_checks_enabled() and bool((x0 == m).any()):
-            raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    m = _check_token_pair(
+        x_t, x0, vocab, checks.mask_id(mask_id, vocab) if graph == "absorb" else None
+    )
     checks.finite("log_score", log_score, allow_neg_inf=True)
     dtype = ref.compute_dtype(log_score.dtype)
     sig = checks.per_position(
@@ -144,13 +154,8 @@ def masked_diffusion_loss(
     vocab = checks.scores("logits", logits, x_t)
     x0 = checks.tokens("x0", x0, x_t.shape)
     device = checks.same_device(logits=logits, x_t=x_t, x0=x0)
-    checks.vocab_size(vocab, minimum=2)
-    m = checks.mask_id(mask_id, vocab)
     ignore = checks.bool_mask("ignore", ignore, x_t.shape)
-    checks.token_range("x_t", x_t, vocab)
-    checks.token_range("x0", x0, vocab)
-    if checks.value_checks_enabled() and bool((x0 == m).any()):
-        raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    m = _check_token_pair(x_t, x0, vocab, checks.mask_id(mask_id, vocab))
     checks.finite("logits", logits, allow_neg_inf=True)
     w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(logits.dtype))
     impl = backend.resolve("masked_diffusion_loss", ref.masked_diffusion_loss, device)
@@ -239,16 +244,11 @@ def linear_score_entropy(
     x0 = checks.tokens("x0", x0, x_t.shape)
     vocab = _check_projection(hidden, projection, bias, x_t)
     device = checks.same_device(hidden=hidden, projection=projection, bias=bias, x_t=x_t, x0=x0)
-    checks.vocab_size(vocab, minimum=2)
     batch_shape = x_t.shape
     ignore = checks.bool_mask("ignore", ignore, batch_shape)
-    checks.token_range("x_t", x_t, vocab)
-    checks.token_range("x0", x0, vocab)
-    m = -1
-    if graph == "absorb":
-        m = checks.mask_id(mask_id, vocab)
-        if checks.value_checks_enabled() and bool((x0 == m).any()):
-            raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    m = _check_token_pair(
+        x_t, x0, vocab, checks.mask_id(mask_id, vocab) if graph == "absorb" else None
+    )
     dtype = ref.compute_dtype(hidden.dtype)
     sig = checks.per_position(
         "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
@@ -292,13 +292,8 @@ def linear_masked_diffusion_loss(
     x0 = checks.tokens("x0", x0, x_t.shape)
     vocab = _check_projection(hidden, projection, bias, x_t)
     device = checks.same_device(hidden=hidden, projection=projection, bias=bias, x_t=x_t, x0=x0)
-    checks.vocab_size(vocab, minimum=2)
-    m = checks.mask_id(mask_id, vocab)
     ignore = checks.bool_mask("ignore", ignore, x_t.shape)
-    checks.token_range("x_t", x_t, vocab)
-    checks.token_range("x0", x0, vocab)
-    if checks.value_checks_enabled() and bool((x0 == m).any()):
-        raise ValueError(f"x0 contains the mask token {m}; clean tokens cannot be masked")
+    m = _check_token_pair(x_t, x0, vocab, checks.mask_id(mask_id, vocab))
     w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(hidden.dtype))
     impl = backend.resolve("linear_masked_diffusion_loss", ref.linear_masked_diffusion_loss, device)
     total = impl(
