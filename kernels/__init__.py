@@ -12,4 +12,4 @@ projection + loss (``linear_score_entropy``, ``linear_masked_diffusion_loss``, i
 :mod:`fastdiff.kernels.fused_linear`).
 """
 
-from fastdiff.kernels import fused_linear, fused_loss, noising  # noqa: F401  (registers them)
+from fastdiff.kernels import fused_linear, fused_loss, noising, sampling  # noqa: F401

@@ -38,6 +38,22 @@ def column_words(seed, offset_lo, offset_hi, row, start, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def tile_words(seed, offset_lo, offset_hi, rows, start, BLOCK: tl.constexpr):
+    """:func:`column_words` for a tile: ``rows`` ``[R]`` (int64) gives ``[R, BLOCK]`` words."""
+    pair = (start // 2 + tl.arange(0, BLOCK // 2)).to(tl.uint32)[None, :]
+    row = rows.to(tl.uint32)[:, None]
+    zero = pair * 0 + row * 0
+    r0, r1, r2, r3 = tl.philox(
+        seed,
+        zero + pair,
+        zero + row,
+        zero + offset_lo.to(tl.uint32),
+        zero + offset_hi.to(tl.uint32),
+    )
+    return tl.interleave(r0, r2), tl.interleave(r1, r3)
+
+
+@triton.jit
 def log1p_neg(w):
     """``log1p(-w)`` for ``0 <= w <= 1/2`` in fp32, accurate for tiny ``w`` (Goldberg's trick:
     ``log(u) * (-w) / (u - 1)`` with ``u = 1 - w`` rounded)."""
