@@ -1,5 +1,6 @@
 """pytest-benchmark of the discrete sampling updates: categorical sampling, the SEDD analytic
-and Euler steps (absorbing), the MDLM step and confidence unmasking.
+(absorbing and uniform), Euler and final denoise steps, the MDLM step, confidence unmasking and
+the D3PM reverse step.
 
 Cases, shapes, providers (fastdiff, reference, torch.compile, public-style baseline) and the
 byte models come from :mod:`fastdiff.bench.cases`; ``fastdiff bench --ops sampling`` times

@@ -4,6 +4,7 @@
 #   bash benchmarks/run_gpu.sh tests      # every test on the GPU (kernels on CUDA tensors)
 #   bash benchmarks/run_gpu.sh training   # fastdiff bench: training ops at the shapes
 #   bash benchmarks/run_gpu.sh noising    # fastdiff bench: noising ops
+#   bash benchmarks/run_gpu.sh sampling   # fastdiff bench: sampling steps at N=16384, V=50258
 #   bash benchmarks/run_gpu.sh memory     # fused projection + loss vs projection-then-kernel
 # Results (JSON + PNG) go to $OUT when set (the device tool returns it), else benchmarks/results.
 set -euo pipefail
@@ -22,7 +23,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"
 
 if [[ "$stage" == tests || "$stage" == all ]]; then
-    pytest -q tests/test_kernels_training.py tests/test_kernels_ddp.py tests/test_losses.py
+    pytest -q tests/test_kernels_training.py tests/test_kernels_ddp.py tests/test_losses.py \
+        tests/test_kernels_sampling.py tests/test_sampling.py tests/test_updates.py
 fi
 if [[ "$stage" == training || "$stage" == all ]]; then
     fastdiff bench --ops training --dtype bfloat16 float32 --out "$OUT" \
@@ -30,6 +32,12 @@ if [[ "$stage" == training || "$stage" == all ]]; then
 fi
 if [[ "$stage" == noising || "$stage" == all ]]; then
     fastdiff bench --ops noising --dtype float32 --out "$OUT"
+fi
+if [[ "$stage" == sampling || "$stage" == all ]]; then
+    fastdiff bench --dtype bfloat16 --out "$OUT" --shapes 16384x50258 65536x50258 --ops \
+        sample_categorical sedd_analytic_absorb sedd_euler_absorb sedd_denoise_absorb \
+        sedd_analytic_uniform mdlm_step confidence_unmask_step
+    fastdiff bench --ops d3pm_step --dtype float32 --out "$OUT" --shapes gpu-quick
 fi
 if [[ "$stage" == memory || "$stage" == all ]]; then
     python -m benchmarks.fused_linear_memory --out "$OUT"

@@ -14,7 +14,7 @@ Public ops (each validates its inputs, then runs a Triton kernel or the referenc
 
 from fastdiff import schedules, transitions
 from fastdiff.backend import get_backend, register_kernel, set_backend, use_backend
-from fastdiff.checks import set_value_checks
+from fastdiff.checks import set_value_checks, value_checks
 from fastdiff.d3pm import d3pm_hybrid_loss, d3pm_posterior, d3pm_posterior_logits, d3pm_step
 from fastdiff.gaussian import (
     QSample,
@@ -83,4 +83,5 @@ __all__ = [
     "unmask_candidates",
     "unmask_quota",
     "use_backend",
+    "value_checks",
 ]

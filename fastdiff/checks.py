@@ -2,7 +2,8 @@
 
 Shape, dtype and device checks are free. Value checks (token ids in range, no NaN, sigma >= 0)
 read the data and, on a GPU, synchronize with the host; they are on by default and can be
-turned off for speed with ``FASTDIFF_CHECK_VALUES=0`` or :func:`set_value_checks`.
+turned off for speed with ``FASTDIFF_CHECK_VALUES=0``, :func:`set_value_checks` or the
+:func:`value_checks` context manager.
 
 Conventions shared by the ops:
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -27,6 +30,17 @@ def set_value_checks(enabled: bool) -> None:
     """Turn the data-reading checks (id ranges, NaN, sign) on or off for the process."""
     global _value_checks
     _value_checks = bool(enabled)
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_value_checks`; restores the previous setting."""
+    before = _value_checks
+    set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(before)
 
 
 def value_checks_enabled() -> bool:

@@ -17,11 +17,16 @@ def block_size(vocab: int, max_block: int = MAX_BLOCK_V) -> int:
     return min(max(triton.next_power_of_2(max(vocab, 1)), MIN_BLOCK_V), max_block)
 
 
-def rows_per_program(block_v: int, n_rows: int, tile: int = MAX_BLOCK_V) -> int:
+# Elements per program of the row-tiled kernels. Tests that push millions of rows through the
+# interpreter (which runs programs one after another) raise it to run fewer, larger programs.
+TILE_ELEMENTS = MAX_BLOCK_V
+
+
+def rows_per_program(block_v: int, n_rows: int) -> int:
     """Rows per program for kernels that tile ``[rows, block_v]``: enough rows to fill a tile of
-    ``tile`` elements when the vocabulary is small (one row per program for large ones), never
+    ``TILE_ELEMENTS`` when the vocabulary is small (one row per program for large ones), never
     more than the next power of two of ``n_rows``."""
-    return max(1, min(tile // block_v, triton.next_power_of_2(max(n_rows, 1))))
+    return max(1, min(TILE_ELEMENTS // block_v, triton.next_power_of_2(max(n_rows, 1))))
 
 
 def num_warps(block: int) -> int:

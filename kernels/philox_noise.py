@@ -54,6 +54,22 @@ def tile_words(seed, offset_lo, offset_hi, rows, start, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def row_column_words(seed, offset_lo, offset_hi, rows, cols):
+    """The two words of one column per row: ``cols [R]`` of ``rows [R]`` (both int64)."""
+    pair = (cols // 2).to(tl.uint32)
+    zero = pair * 0
+    r0, r1, r2, r3 = tl.philox(
+        seed,
+        pair,
+        zero + rows.to(tl.uint32),
+        zero + offset_lo.to(tl.uint32),
+        zero + offset_hi.to(tl.uint32),
+    )
+    odd = (cols % 2) == 1
+    return tl.where(odd, r2, r0), tl.where(odd, r3, r1)
+
+
+@triton.jit
 def log1p_neg(w):
     """``log1p(-w)`` for ``0 <= w <= 1/2`` in fp32, accurate for tiny ``w`` (Goldberg's trick:
     ``log(u) * (-w) / (u - 1)`` with ``u = 1 - w`` rounded)."""

@@ -183,6 +183,20 @@ def test_sedd_euler_probs_absorb_are_ops_md_4a():
     torch.testing.assert_close(p[~masked], torch.nn.functional.one_hot(x[~masked], 11).double())
 
 
+def test_sedd_analytic_probs_uniform_are_ops_md_4b():
+    s, x, _ = _step_inputs(32, 11)
+    x = torch.randint(0, 11, (32,), generator=torch.Generator().manual_seed(2))
+    s.scatter_(1, x[:, None], 0.0)
+    sigma = torch.full((32,), 1.3, dtype=torch.float64)
+    sigma_next = torch.full((32,), 1.1, dtype=torch.float64)
+    p = baselines.sedd_analytic_probs_uniform(s, x, sigma, sigma_next)
+    d, score = 0.2, s.exp()
+    stag = math.exp(d) * score - math.expm1(d) / 11 * score.sum(-1, keepdim=True)
+    trans = torch.full_like(s, -math.expm1(-d) / 11)
+    trans.scatter_(1, x[:, None], math.exp(-d) - math.expm1(-d) / 11)
+    torch.testing.assert_close(p, stag * trans, rtol=1e-12, atol=1e-14)
+
+
 def test_mdlm_step_probs_are_ops_md_4c():
     s, x, m = _step_inputs(32, 11)
     st = torch.full((32,), 0.9, dtype=torch.float64)
@@ -266,6 +280,54 @@ def test_mdlm_step_same_distribution_as_fastdiff():
     q = q / q.sum()
     assert _tv(_freqs(base[10:], v), q) < 0.02
     assert _tv(_freqs(ours[10:], v), q) < 0.02
+
+
+def test_sedd_denoise_step_same_distribution_as_fastdiff():
+    v = 6
+    m = v - 1
+    torch.manual_seed(0)
+    s = _one_row(v)
+    x = torch.full((DRAWS,), m)
+    sig = torch.full((DRAWS,), 1e-3)
+    base = baselines.sedd_denoise_step_absorb(s, x, sig, m)
+    ours = fastdiff.sedd_denoise_step(s, x, sigma=sig, graph="absorb", mask_id=m, seed=1)
+    p = torch.softmax(s[0, :m].double(), -1)  # ops.md 4b: p_j ∝ S_j over j != m
+    assert _tv(_freqs(base, m), p) < 0.02
+    assert _tv(_freqs(ours, v), torch.cat([p, p.new_zeros(1)])) < 0.02
+
+
+def test_sedd_analytic_uniform_step_same_distribution_as_fastdiff():
+    v = 6
+    torch.manual_seed(0)
+    s = _one_row(v)
+    x = torch.full((DRAWS,), 2)
+    s[:, 2] = 0.0  # SEDD's model puts log-score 0 at the current token
+    sig, sig_next = torch.full((DRAWS,), 1.0), torch.full((DRAWS,), 0.6)
+    base = baselines.sedd_analytic_step_uniform(s, x, sig, sig_next)
+    ours = fastdiff.sedd_analytic_step(
+        s, x, sigma=sig, sigma_next=sig_next, graph="uniform", seed=1
+    )
+    p = baselines.sedd_analytic_probs_uniform(s[:1].double(), x[:1], sig[:1].double(),
+                                              sig_next[:1].double())[0]  # fmt: skip
+    p = p.clamp(min=0) / p.clamp(min=0).sum()
+    assert _tv(_freqs(base, v), p) < 0.02
+    assert _tv(_freqs(ours, v), p) < 0.02
+
+
+def test_d3pm_step_same_distribution_as_fastdiff():
+    v = 6
+    g = torch.Generator().manual_seed(5)
+    q_step = torch.softmax(torch.randn(v, v, generator=g, dtype=torch.float64), -1)
+    qbar_prev = torch.softmax(torch.randn(v, v, generator=g, dtype=torch.float64), -1)
+    logits = torch.randn(v, generator=g, dtype=torch.float64).expand(DRAWS, v).contiguous()
+    x_t = torch.full((DRAWS,), 4)
+    torch.manual_seed(0)
+    base = baselines.d3pm_step(logits.float(), x_t, q_step.float(), qbar_prev.float())
+    ours = fastdiff.d3pm_step(logits, x_t, q_step=q_step, qbar_prev=qbar_prev, seed=1)
+    p = q_step[:, 4] * (torch.softmax(logits[0], -1) @ qbar_prev)
+    p = p / p.sum()
+    assert _tv(_freqs(base, v), p) < 0.02
+    assert _tv(_freqs(ours, v), p) < 0.02
 
 
 def test_corrupt_same_masking_rate_as_fastdiff():

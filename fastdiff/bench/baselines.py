@@ -230,6 +230,52 @@ def sedd_euler_step_absorb(
     return sedd_sample_categorical(sedd_euler_probs_absorb(log_score, x, dsigma, dt))
 
 
+def sedd_denoise_step_absorb(
+    log_score: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, mask_id: int | None = None
+) -> torch.Tensor:
+    """SEDD ``Denoiser.update_fn`` for the absorbing graph: the analytic probabilities with
+    ``dsigma = sigma``, the mask column dropped (``probs[..., :-1]``), float32-Gumbel sample."""
+    if mask_id is not None:
+        _require_mask_last(mask_id, log_score.shape[-1])
+    score = log_score.exp()
+    probs = _staggered_score_absorb(score, sigma) * _transp_transition_absorb(
+        x, sigma, score.shape[-1]
+    )
+    return sedd_sample_categorical(probs[..., :-1])
+
+
+def _staggered_score_uniform(score: torch.Tensor, dsigma: torch.Tensor) -> torch.Tensor:
+    dim = score.shape[-1]
+    epow = (-dsigma).exp()[..., None]
+    return ((epow - 1) / (dim * epow)) * score.sum(dim=-1, keepdim=True) + score / epow
+
+
+def _transp_transition_uniform(i: torch.Tensor, sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    trans = torch.ones(*i.shape, dim, device=i.device) * (1 - (-sigma[..., None]).exp()) / dim
+    trans = trans.scatter(-1, i[..., None], torch.zeros_like(trans))
+    return trans.scatter(-1, i[..., None], 1 - trans.sum(dim=-1, keepdim=True))
+
+
+def sedd_analytic_probs_uniform(
+    log_score: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """The unnormalized probabilities of SEDD's ``AnalyticPredictor`` on the uniform graph:
+    ``Uniform.staggered_score`` times ``Uniform.transp_transition`` (not clamped at 0)."""
+    score = log_score.exp()  # get_score_fn(sampling=True)
+    dsigma = sigma - sigma_next
+    return _staggered_score_uniform(score, dsigma) * _transp_transition_uniform(
+        x, dsigma, score.shape[-1]
+    )
+
+
+def sedd_analytic_step_uniform(
+    log_score: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """SEDD ``AnalyticPredictor.update_fn`` for the uniform graph. Expects
+    ``log_score[i, x_i] = 0`` (SEDD's model scatters it)."""
+    return sedd_sample_categorical(sedd_analytic_probs_uniform(log_score, x, sigma, sigma_next))
+
+
 # --------------------------------------------------------------------------------------------
 # MDLM
 # --------------------------------------------------------------------------------------------
@@ -483,3 +529,16 @@ def diffusionlm_round(
     dist = torch.clamp(dist, 0.0, torch.inf)
     tokens = torch.topk(-dist, k=1, dim=0).indices[0]
     return tokens, F.embedding(tokens, embedding)
+
+
+def d3pm_step(
+    x0_logits: torch.Tensor, x_t: torch.Tensor, q_step: torch.Tensor, qbar_prev: torch.Tensor
+) -> torch.Tensor:
+    """D3PM ``p_sample`` (``x_start`` logits parameterization, one matrix pair): the posterior
+    logits ``log(Q_t[:, x_t]^T + 1e-6) + log(softmax(x0_logits) Qbar_{t-1} + 1e-6)`` and the
+    clipped float32 Gumbel argmax of :func:`d3pm_corrupt_dense`."""
+    fact1 = q_step.t()[x_t]
+    fact2 = torch.softmax(x0_logits, dim=-1) @ qbar_prev
+    logits = torch.log(fact1 + D3PM_EPS) + torch.log(fact2 + D3PM_EPS)
+    noise = torch.clip(torch.rand_like(logits), min=torch.finfo(logits.dtype).tiny, max=1.0)
+    return torch.argmax(logits - torch.log(-torch.log(noise)), dim=-1)

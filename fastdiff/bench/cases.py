@@ -35,6 +35,9 @@ corrupt_dense                     ``N V e + 16 N`` (the row ``Qbar[x0]`` of each
 sample_categorical                ``N V e + 8 N``
 sedd_analytic_absorb              ``Nm V e + 24 N`` (x, sigma, sigma_next read, x written)
 sedd_euler_absorb                 ``Nm V e + 20 N`` (x, dsigma read, x written)
+sedd_denoise_absorb               ``Nm V e + 20 N`` (x, sigma read, x written)
+sedd_analytic_uniform             ``N V e + 24 N`` (every row is read)
+d3pm_step                         ``N V e + 2 V^2 e + 16 N`` (x0 logits, the two matrices)
 mdlm_step                         ``Nm V e + 24 N``
 confidence_unmask_step            ``Nm V e + 16 N``
 q_sample (token input)            ``4 N H e + 12 N``: ids, abar and the rows ``E[x0]`` read;
@@ -65,6 +68,7 @@ from fastdiff.bench.shapes import (
     Shape,
     ShapeTable,
 )
+from fastdiff.reference import d3pm as ref_d3pm
 from fastdiff.reference import gaussian as ref_gaussian
 from fastdiff.reference import losses as ref_losses
 from fastdiff.reference import noising as ref_noising
@@ -258,6 +262,17 @@ def _dense_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, gen: t
     d = _tokens(shape, device, gen)
     logits = _normal((shape.v, shape.v), torch.float64, gen, device, 2.0)
     d["transition"] = torch.softmax(logits, -1).to(dtype)
+    return d
+
+
+def _posterior_inputs(
+    shape: Shape, dtype: torch.dtype, device: torch.device, gen: torch.Generator
+) -> Inputs:
+    """``x0`` logits, ``x_t`` and the pair ``Q_t``, ``Qbar_{t-1}`` of a D3PM reverse step."""
+    d = _logit_inputs(shape, dtype, device, gen)
+    for name in ("q_step", "qbar_prev"):
+        logits = _normal((shape.v, shape.v), torch.float64, gen, device, 2.0)
+        d[name] = torch.softmax(logits, -1).to(dtype)
     return d
 
 
@@ -484,6 +499,32 @@ CASES: tuple[Case, ...] = (
             d["log_score"], d["x_t"], d["sig_now"], d["dsig_now"], DT)),
     ),
     Case(
+        "sedd_denoise_absorb", "sampling", "fwd", SCORES, "sedd_denoise",
+        make=lambda shape, dtype, device, gen: _step_inputs(shape, dtype, device, gen, False),
+        public=lambda d: fastdiff.sedd_denoise_step(
+            d["log_score"], d["x_t"], sigma=d["sig_now"], graph="absorb", mask_id=d["mask_id"],
+            seed=0),
+        reference=ref_updates.sedd_denoise,
+        reference_args=lambda d: (d["log_score"], d["x_t"], d["sig_now64"], None, 0, 0,
+                                  "absorb", d["mask_id"]),
+        traffic=_masked_step_bytes(scalars=1),
+        baseline=Baseline("sedd", lambda d: baselines.sedd_denoise_step_absorb(
+            d["log_score"], d["x_t"], d["sig_now"])),
+    ),
+    Case(
+        "sedd_analytic_uniform", "sampling", "fwd", SCORES, "sedd_analytic",
+        make=lambda shape, dtype, device, gen: _step_inputs(shape, dtype, device, gen, False),
+        public=lambda d: fastdiff.sedd_analytic_step(
+            d["log_score"], d["x0"], sigma=d["sig_now"], sigma_next=d["sig_next"],
+            graph="uniform", seed=0),
+        reference=ref_updates.sedd_analytic,
+        reference_args=lambda d: (d["log_score"], d["x0"], d["delta64"], None, 0, 0, "uniform",
+                                  None),
+        traffic=lambda s, e: s.n * s.v * e + s.n * (2 * TOKEN + 2 * SCALAR),
+        baseline=Baseline("sedd", lambda d: baselines.sedd_analytic_step_uniform(
+            d["log_score"], d["x0"], d["sig_now"], d["sig_next"])),
+    ),
+    Case(
         "mdlm_step", "sampling", "fwd", SCORES, "mdlm_ancestral",
         make=lambda shape, dtype, device, gen: _step_inputs(shape, dtype, device, gen, True),
         public=lambda d: fastdiff.mdlm_step(
@@ -506,6 +547,19 @@ CASES: tuple[Case, ...] = (
         traffic=_masked_step_bytes(scalars=0),
         baseline=Baseline("llada", lambda d: baselines.llada_unmask_step(
             d["logits"], d["x_t"], d["mask_id"], UNMASK_K)),
+    ),
+    Case(
+        "d3pm_step", "sampling", "fwd", DENSE, "d3pm_step",
+        make=_posterior_inputs,
+        public=lambda d: fastdiff.d3pm_step(
+            d["logits"], d["x_t"], q_step=d["q_step"], qbar_prev=d["qbar_prev"], seed=0),
+        reference=ref_d3pm.d3pm_step,
+        reference_args=lambda d: (d["logits"], d["x_t"], d["q_step"], d["qbar_prev"], None, 0,
+                                  0),
+        traffic=lambda s, e: (s.n * s.v + 2 * s.v * s.v) * e + 2 * s.n * TOKEN,
+        baseline=Baseline("d3pm", lambda d: baselines.d3pm_step(
+            d["logits"], d["x_t"], d["q_step"], d["qbar_prev"])),
+        dtypes=(torch.float32,),
     ),
     # ---------------------------------------------------------------- gaussian
     Case(

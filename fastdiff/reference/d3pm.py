@@ -34,9 +34,9 @@ def _sequence_of_rows(n: int, matrices: torch.Tensor) -> torch.Tensor:
     return torch.arange(n, device=matrices.device) // per
 
 
-def step_column(q_step: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-    """``Q_t[:, x_t]`` per row (``q(x_t | x_{t-1} = j)`` for every ``j``): float64 ``[N, V]``."""
-    q = q_step.to(F64)
+def step_column(q_step: torch.Tensor, x_t: torch.Tensor, dtype: torch.dtype = F64) -> torch.Tensor:
+    """``Q_t[:, x_t]`` per row (``q(x_t | x_{t-1} = j)`` for every ``j``): ``[N, V]``."""
+    q = q_step.to(dtype)
     if q.dim() == 2:
         return q.t().index_select(0, x_t)
     return q[_sequence_of_rows(x_t.shape[0], q), :, x_t]
@@ -51,8 +51,9 @@ def cumulative_row(qbar: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 
 
 def mixture(probs: torch.Tensor, qbar: torch.Tensor) -> torch.Tensor:
-    """``probs @ Qbar`` per row (``[N, V]`` float64), one matrix per row group when 3-D."""
-    q = qbar.to(F64)
+    """``probs @ Qbar`` per row (``[N, V]``, in the dtype of ``probs``), one matrix per row
+    group when 3-D."""
+    q = qbar.to(probs.dtype)
     if q.dim() == 2:
         return probs @ q
     m, v = q.shape[0], q.shape[-1]
@@ -60,13 +61,18 @@ def mixture(probs: torch.Tensor, qbar: torch.Tensor) -> torch.Tensor:
 
 
 def log_posterior(
-    x0_logits: torch.Tensor, x_t: torch.Tensor, q_step: torch.Tensor, qbar_prev: torch.Tensor
+    x0_logits: torch.Tensor,
+    x_t: torch.Tensor,
+    q_step: torch.Tensor,
+    qbar_prev: torch.Tensor,
+    dtype: torch.dtype = F64,
 ) -> torch.Tensor:
-    """float64 ``log Q_t[:, x_t] + log(softmax(x0_logits) @ Qbar_{t-1})`` (``[N, V]``)."""
+    """``log Q_t[:, x_t] + log(softmax(x0_logits) @ Qbar_{t-1})`` (``[N, V]``, computed and
+    returned in ``dtype``)."""
     if x_t.shape[0] == 0:
-        return torch.empty(x0_logits.shape, dtype=F64, device=x0_logits.device)
-    probs = torch.softmax(x0_logits.to(F64), dim=-1)
-    return safe_log(step_column(q_step, x_t)) + safe_log(mixture(probs, qbar_prev))
+        return torch.empty(x0_logits.shape, dtype=dtype, device=x0_logits.device)
+    probs = torch.softmax(x0_logits.to(dtype), dim=-1)
+    return safe_log(step_column(q_step, x_t, dtype)) + safe_log(mixture(probs, qbar_prev))
 
 
 def d3pm_posterior_logits(

@@ -1,0 +1,256 @@
+"""Categorical sampling kernel: one pass of Gumbel-max per row, filters without a sort.
+
+Each program takes a tile of rows and streams the vocabulary in blocks with a running argmax
+of ``u_j - log E_j`` where ``u = log w / T`` (:mod:`fastdiff.kernels.race`), on the reference's
+Philox stream, so the same seed draws the same token as the reference backend except where two
+keys tie within fp32 rounding; ties go to the lowest index. The chosen token's probability
+comes from an online log-sum-exp in the same pass. No ``[N, V]`` tensor is written.
+
+Filters (:func:`fastdiff.reference.sampling.filter_logits`), all without sorting, on a 32-bit
+order-preserving key of each loaded value (exact: no rounding can merge two inputs):
+
+- top-k: the k-th largest key, built bit by bit from the top (32 counting passes over the row:
+  the largest ``t`` with ``#{key >= t} >= k``); keep ``key >= t`` (ties kept);
+- top-p: the largest ``t`` whose strictly-larger mass ``sum_{key > t} p`` is still ``>= top_p``,
+  built the same way (32 mass passes after one log-sum-exp pass); keep ``key > t``: the
+  smallest nucleus with its boundary ties, as the reference;
+- min-p: keep ``u_j >= max u + log(min_p)``.
+
+float64 inputs run the reference (the kernel computes in fp32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdiff.backend import register_kernel
+from fastdiff.kernels.launch import block_size, new_output, num_warps, rows_per_program
+from fastdiff.kernels.noising import seed_tensor
+from fastdiff.kernels.race import (
+    block_argmax,
+    lse_finish,
+    online_lse,
+    race_noise,
+    split_offset,
+    take,
+    tile_rows,
+    value_at,
+)
+from fastdiff.reference import sampling as ref_sampling
+
+
+@triton.jit
+def _order_key(v):
+    """int64 key in ``[0, 2^32)`` ordered like the fp32 values ``v`` (``-0.0`` as ``+0.0``)."""
+    bits = (v + 0.0).to(tl.int32, bitcast=True)
+    return tl.where(bits >= 0, bits.to(tl.int64) + 2**31, (~bits).to(tl.int64))
+
+
+@triton.jit
+def _load(
+    w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG: tl.constexpr, BLOCK_V: tl.constexpr
+):
+    """Columns, in-range mask, order keys and tempered log-weights ``u`` of one block."""
+    cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+    inside = row_ok[:, None] & (cols < V)[None, :]
+    x = tl.load(w_ptr + rows[:, None] * stride + cols[None, :], mask=inside, other=0.0)
+    x = x.to(tl.float32)
+    lw = x if IS_LOG else tl.log(x)
+    u = tl.where(inside, lw * inv_t, float("-inf"))
+    return cols, inside, _order_key(x), u
+
+
+@triton.jit
+def _kept(
+    inside, key, u, t_k, t_p, u_min, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr
+):
+    keep = inside
+    if TOP_K:
+        keep = keep & (key >= t_k[:, None])
+    if TOP_P:
+        keep = keep & (key > t_p[:, None])
+    if MIN_P:
+        keep = keep & (u >= u_min[:, None])
+    return keep
+
+
+@triton.jit(do_not_specialize=["offset_lo", "offset_hi", "inv_t", "top_k", "top_p", "log_min_p"])
+def _categorical_kernel(
+    w_ptr,
+    out_ptr,
+    prob_ptr,
+    seed_ptr,
+    N,
+    V,
+    stride,
+    offset_lo,
+    offset_hi,
+    inv_t,
+    top_k,
+    top_p,
+    log_min_p,
+    IS_LOG: tl.constexpr,
+    ARGMAX: tl.constexpr,
+    WANT_PROB: tl.constexpr,
+    TOP_K: tl.constexpr,
+    TOP_P: tl.constexpr,
+    MIN_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    rows, row_ok = tile_rows(N, BLOCK_N)
+    seed = tl.load(seed_ptr)
+    t_k = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    t_p = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    u_min = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    one = tl.full((), 1, tl.int64)
+    if TOP_K:  # the k-th largest key, one bit per counting pass
+        for bit in range(31, -1, -1):
+            cand = t_k | (one << bit)
+            count = tl.zeros((BLOCK_N,), dtype=tl.int32)
+            for start in range(0, V, BLOCK_V):
+                cols, inside, key, u = _load(
+                    w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+                )
+                count += tl.sum((inside & (key >= cand[:, None])).to(tl.int32), axis=1)
+            t_k = tl.where(count >= top_k, cand, t_k)
+    if TOP_P or MIN_P:  # max and log-sum-exp of the top-k-filtered distribution
+        run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+        run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols, inside, key, u = _load(
+                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+            )
+            keep = _kept(inside, key, u, t_k, t_p, u_min, TOP_K, False, False)
+            run_max, run_sum = online_lse(run_max, run_sum, tl.where(keep, u, float("-inf")))
+        u_max = tl.max(run_max, axis=1)
+        u_min = u_max + log_min_p
+        if TOP_P:
+            lse = lse_finish(run_max, run_sum)
+            for bit in range(31, -1, -1):
+                cand = t_p | (one << bit)
+                mass = tl.zeros((BLOCK_N,), dtype=tl.float32)
+                for start in range(0, V, BLOCK_V):
+                    cols, inside, key, u = _load(
+                        w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+                    )
+                    above = _kept(inside, key, u, t_k, t_p, u_min, TOP_K, False, False)
+                    above = above & (key > cand[:, None])
+                    p = tl.exp(tl.where(above, u, float("-inf")) - lse[:, None])
+                    mass += tl.sum(p, axis=1)
+                t_p = tl.where(mass >= top_p, cand, t_p)
+    best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    best_u = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols, inside, key, u = _load(w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V)
+        u = tl.where(_kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf"))
+        if ARGMAX:
+            race_key = u
+        else:
+            race_key = u + race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+        blk, blk_idx = block_argmax(race_key, cols)
+        best_u = tl.where(blk > best, value_at(u, cols, blk_idx), best_u)
+        best, best_idx = take(best, best_idx, blk, blk_idx)
+        if WANT_PROB:
+            run_max, run_sum = online_lse(run_max, run_sum, u)
+    tl.store(out_ptr + rows, best_idx, mask=row_ok)
+    if WANT_PROB:
+        tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(run_max, run_sum)), mask=row_ok)
+
+
+@torch.library.custom_op("fastdiff::sample_categorical", mutates_args=())
+def sample_categorical_op(
+    weights: torch.Tensor,
+    is_log: bool,
+    seed: torch.Tensor,
+    offset: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    want_prob: bool,
+    block_v: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw per row of ``weights [N, V]``: ``(index [N] int64, prob [N] fp32 or [0])``.
+    ``top_k = 0``, ``top_p = 1`` and ``min_p = 0`` switch a filter off."""
+    n, vocab = weights.shape
+    out = new_output((n,), torch.int64, weights.device)
+    prob = new_output((n if want_prob else 0,), torch.float32, weights.device)
+    if n:
+        block = block_v or block_size(vocab)
+        block_n = rows_per_program(block, n)
+        argmax = temperature == 0.0
+        _categorical_kernel[(triton.cdiv(n, block_n),)](
+            weights,
+            out,
+            prob if want_prob else out,
+            seed,
+            n,
+            vocab,
+            weights.stride(0),
+            *split_offset(offset),
+            1.0 if argmax else 1.0 / temperature,
+            top_k,
+            top_p,
+            math.log(min_p) if min_p > 0.0 else float("-inf"),
+            IS_LOG=is_log,
+            ARGMAX=argmax,
+            WANT_PROB=want_prob,
+            TOP_K=0 < top_k < vocab,
+            TOP_P=top_p < 1.0,
+            MIN_P=min_p > 0.0,
+            BLOCK_N=block_n,
+            BLOCK_V=block,
+            num_warps=num_warps(block * block_n),
+        )
+    return out, prob
+
+
+@sample_categorical_op.register_fake
+def _(weights, is_log, seed, offset, temperature, top_k, top_p, min_p, want_prob, block_v):
+    n = weights.shape[0]
+    return (
+        weights.new_empty(n, dtype=torch.int64),
+        weights.new_empty(n if want_prob else 0, dtype=torch.float32),
+    )
+
+
+@register_kernel("sample_categorical")
+def sample_categorical(
+    weights: torch.Tensor,
+    is_log: bool,
+    seed: int | torch.Tensor,
+    offset: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+    return_prob: bool,
+    *,
+    block_v: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Kernel for :func:`fastdiff.reference.sampling.sample_categorical`."""
+    if weights.dtype == torch.float64:
+        return ref_sampling.sample_categorical(
+            weights, is_log, seed, offset, temperature, top_k, top_p, min_p, return_prob
+        )
+    index, prob = sample_categorical_op(
+        weights.contiguous(),
+        is_log,
+        seed_tensor(seed, weights.device),
+        offset,
+        float(temperature),
+        top_k or 0,
+        1.0 if top_p is None else float(top_p),
+        0.0 if min_p is None else float(min_p),
+        return_prob,
+        block_v,
+    )
+    return index, prob if return_prob else None

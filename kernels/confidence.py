@@ -1,0 +1,196 @@
+"""Confidence-unmasking proposal kernel: the draw and its confidence in one pass per row.
+
+For each masked, non-fixed row, with ``p = softmax(logits)`` over ``j != m``
+(:func:`fastdiff.reference.updates.unmask_candidates`), one streaming pass keeps
+
+- the proposal: a running argmax of ``l_j`` (temperature 0) or of ``l_j / T - log E_j`` on the
+  reference's Philox stream, with the winner's logit;
+- an online log-sum-exp ``lse`` of the logits and, for the entropy, ``sum_j e^(l_j - M) l_j``
+  rescaled with the running max ``M``;
+- the two largest logits (for the margin; a tie gives margin 0).
+
+and finishes with ``p(xhat) = e^(l_xhat - lse)``, ``p1 - p2``, or
+``sum_j p_j log p_j = sum_j e^(l_j - lse) l_j - lse``. Other rows get ``x`` and ``-inf``. A tile
+with no masked row reads nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdiff.backend import register_kernel
+from fastdiff.kernels.launch import block_size, new_output, num_warps, rows_per_program
+from fastdiff.kernels.noising import seed_tensor
+from fastdiff.kernels.race import (
+    block_argmax,
+    lse_finish,
+    race_noise,
+    split_offset,
+    take,
+    tile_rows,
+    value_at,
+)
+
+CONFIDENCE = {"prob": 0, "margin": 1, "entropy": 2}
+
+
+@triton.jit(do_not_specialize=["offset_lo", "offset_hi", "mask_id", "inv_t"])
+def _candidates_kernel(
+    l_ptr,
+    x_ptr,
+    fixed_ptr,
+    xhat_ptr,
+    conf_ptr,
+    seed_ptr,
+    N,
+    V,
+    stride,
+    offset_lo,
+    offset_hi,
+    mask_id,
+    inv_t,
+    ARGMAX: tl.constexpr,
+    CONF: tl.constexpr,
+    HAS_FIXED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    rows, row_ok = tile_rows(N, BLOCK_N)
+    x = tl.load(x_ptr + rows, mask=row_ok, other=0)
+    active = row_ok & (x == mask_id)
+    if HAS_FIXED:
+        active = active & (tl.load(fixed_ptr + rows, mask=row_ok, other=1) == 0)
+    xhat = x
+    conf = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    if tl.max(active.to(tl.int32), axis=0) > 0:
+        seed = tl.load(seed_ptr)
+        best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
+        best_l = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        top1 = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        top2 = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+        run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        run_dot = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+            keep = active[:, None] & ((cols < V) & (cols != mask_id))[None, :]
+            ptrs = l_ptr + rows[:, None] * stride + cols[None, :]
+            lg = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
+            if ARGMAX:
+                key = lg
+            else:
+                noise = race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+                key = tl.where(keep, lg * inv_t + noise, float("-inf"))
+            blk, blk_idx = block_argmax(key, cols)
+            best_l = tl.where(blk > best, value_at(lg, cols, blk_idx), best_l)
+            best, best_idx = take(best, best_idx, blk, blk_idx)
+            # online log-sum-exp, with sum e^(l - M) l alongside for the entropy
+            new_max = tl.maximum(run_max, lg)
+            safe = tl.where(new_max == float("-inf"), 0.0, new_max)
+            rescale = tl.exp(run_max - safe)
+            e = tl.exp(lg - safe)
+            run_sum = run_sum * rescale + e
+            if CONF == 2:
+                run_dot = run_dot * rescale + tl.where(keep, e * lg, 0.0)
+            run_max = new_max
+            if CONF == 1:
+                b1, i1 = block_argmax(lg, cols)
+                b2 = tl.max(tl.where(cols[None, :] == i1[:, None], float("-inf"), lg), axis=1)
+                top2 = tl.maximum(tl.maximum(tl.minimum(top1, b1), top2), b2)
+                top1 = tl.maximum(top1, b1)
+        lse = lse_finish(run_max, run_sum)
+        if CONF == 0:
+            value = tl.exp(best_l - lse)
+        if CONF == 1:
+            value = tl.exp(top1 - lse) - tl.exp(top2 - lse)
+        if CONF == 2:
+            top = tl.max(run_max, axis=1)
+            safe = tl.where(top == float("-inf"), 0.0, top)
+            weights = tl.exp(run_max - safe[:, None]) * tl.exp(safe - lse)[:, None]
+            value = tl.sum(run_dot * weights, axis=1) - lse
+        done = active & (best > float("-inf"))
+        xhat = tl.where(done, best_idx, x)
+        conf = tl.where(done, value, conf)
+    tl.store(xhat_ptr + rows, xhat, mask=row_ok)
+    tl.store(conf_ptr + rows, conf, mask=row_ok)
+
+
+@torch.library.custom_op("fastdiff::unmask_candidates", mutates_args=())
+def unmask_candidates_op(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    fixed: Optional[torch.Tensor],
+    seed: torch.Tensor,
+    offset: int,
+    mask_id: int,
+    temperature: float,
+    confidence: int,
+    block_v: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(xhat [N] int64, confidence [N] fp32)`` from ``logits [N, V]`` and ``x [N]``;
+    ``confidence`` indexes ``CONFIDENCE``."""
+    n, vocab = logits.shape
+    xhat = new_output((n,), torch.int64, logits.device)
+    conf = new_output((n,), torch.float32, logits.device)
+    if n:
+        block = block_v or block_size(vocab)
+        block_n = rows_per_program(block, n)
+        argmax = temperature == 0.0
+        _candidates_kernel[(triton.cdiv(n, block_n),)](
+            logits,
+            x,
+            fixed.view(torch.uint8) if fixed is not None else x,
+            xhat,
+            conf,
+            seed,
+            n,
+            vocab,
+            logits.stride(0),
+            *split_offset(offset),
+            mask_id,
+            1.0 if argmax else 1.0 / temperature,
+            ARGMAX=argmax,
+            CONF=confidence,
+            HAS_FIXED=fixed is not None,
+            BLOCK_N=block_n,
+            BLOCK_V=block,
+            num_warps=num_warps(block * block_n),
+        )
+    return xhat, conf
+
+
+@unmask_candidates_op.register_fake
+def _(logits, x, fixed, seed, offset, mask_id, temperature, confidence, block_v):
+    return torch.empty_like(x), torch.empty(x.shape, dtype=torch.float32, device=x.device)
+
+
+@register_kernel("unmask_candidates")
+def unmask_candidates(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    fixed: torch.Tensor | None,
+    seed: int | torch.Tensor,
+    offset: int,
+    mask_id: int,
+    temperature: float,
+    confidence: str,
+    *,
+    block_v: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel for :func:`fastdiff.reference.updates.unmask_candidates`."""
+    return unmask_candidates_op(
+        logits.contiguous(),
+        x.contiguous(),
+        None if fixed is None else fixed.contiguous(),
+        seed_tensor(seed, x.device),
+        offset,
+        mask_id,
+        float(temperature),
+        CONFIDENCE[confidence],
+        block_v,
+    )

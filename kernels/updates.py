@@ -1,0 +1,281 @@
+"""Reverse-update kernels of discrete diffusion: SEDD Euler / analytic / denoise for both
+graphs, MDLM ancestral and the D3PM draw, one pass over the model output per step.
+
+One kernel serves every update. A row is *active* when it can change: masked and not fixed
+(absorbing graph, MDLM) or not fixed (uniform graph, D3PM). Each program takes a tile of rows;
+a tile with no active row reads nothing. For active rows the kernel races the move weights of
+every column ``j != x`` (``log w_j - log E_j``, :mod:`fastdiff.kernels.race`) while it
+accumulates what the stay weight needs, then races the stay option (column ``x``) with its own
+noise. Noise is the reference's Philox stream keyed by (seed, offset, row, column), so the same
+seed gives the same tokens as :mod:`fastdiff.reference.updates` except at fp32 rounding ties.
+
+Per-row constants ``c0..c3`` (computed in float64 on the host, passed as fp32 ``[N, 4]``):
+
+============  ==============================  =============================================
+mode          move weight ``log w_j``          stay weight ``log w_x``
+============  ==============================  =============================================
+RATE          ``s_j + c0``                    ``log max(0, 1 - e^c0 sum_{j != x} e^s_j)``
+DENOISE       ``s_j``                         none
+MDLM          ``s_j - lse_{j != x} s + c0``   ``c1``
+TWEEDIE       ``log max(0, c0 e^(s_j - L) - c1) + c2``  ``log max(0, c0 e^-L - c1) + c3``
+PLAIN         ``s_j`` (every column)          none (D3PM: ``x`` is an ordinary column)
+============  ==============================  =============================================
+
+RATE is the Euler step (``c0 = log rate``, ``log(rate / V)`` on the uniform graph) and the
+absorbing analytic step (``c0 = log expm1(D)``). TWEEDIE is the uniform analytic / denoise step
+``p = stag(S, D) T(x, D)`` with ``S_x = 1``, ``L = log sum_j S_j`` (a first pass over the row),
+``c0 = e^D``, ``c1 = expm1(D) / V``, ``c2 = log((1 - e^-D) / V)``, ``c3 = log(e^-D + e^c2)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdiff.backend import register_kernel
+from fastdiff.kernels.launch import block_size, new_output, num_warps, rows_per_program
+from fastdiff.kernels.noising import seed_tensor
+from fastdiff.kernels.race import (
+    block_argmax,
+    column_noise,
+    lse_finish,
+    online_lse,
+    race_noise,
+    split_offset,
+    take,
+    tile_rows,
+)
+from fastdiff.reference import d3pm as ref_d3pm
+
+RATE, DENOISE, MDLM, TWEEDIE, PLAIN = range(5)
+
+
+@triton.jit
+def _row_log_sum(s_ptr, rows, active, x, stride, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """``L = log sum_j S_j`` with ``S_x = 1`` (the TWEEDIE normalizer), one pass over the row."""
+    run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+        inside = active[:, None] & (cols < V)[None, :]
+        s = tl.load(s_ptr + rows[:, None] * stride + cols[None, :], mask=inside, other=0.0)
+        s = tl.where(cols[None, :] == x[:, None], 0.0, s.to(tl.float32))
+        run_max, run_sum = online_lse(run_max, run_sum, tl.where(inside, s, float("-inf")))
+    return lse_finish(run_max, run_sum)
+
+
+@triton.jit
+def _log_pos(v):
+    """``log v`` where ``v > 0``, else ``-inf`` (clamped weights)."""
+    return tl.where(v > 0.0, tl.log(tl.maximum(v, 1e-38)), float("-inf"))
+
+
+@triton.jit(do_not_specialize=["offset_lo", "offset_hi", "mask_id"])
+def _update_kernel(
+    s_ptr,
+    x_ptr,
+    fixed_ptr,
+    c_ptr,
+    out_ptr,
+    seed_ptr,
+    N,
+    V,
+    stride,
+    offset_lo,
+    offset_hi,
+    mask_id,
+    MODE: tl.constexpr,
+    MASKED_ONLY: tl.constexpr,
+    HAS_FIXED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    rows, row_ok = tile_rows(N, BLOCK_N)
+    x = tl.load(x_ptr + rows, mask=row_ok, other=0)
+    active = row_ok
+    if MASKED_ONLY:
+        active = active & (x == mask_id)
+    if HAS_FIXED:
+        active = active & (tl.load(fixed_ptr + rows, mask=row_ok, other=1) == 0)
+    out = x
+    if tl.max(active.to(tl.int32), axis=0) > 0:  # a tile with nothing to do reads nothing
+        seed = tl.load(seed_ptr)
+        c0 = tl.load(c_ptr + rows * 4, mask=active, other=0.0)
+        c1 = tl.load(c_ptr + rows * 4 + 1, mask=active, other=0.0)
+        if MODE == 3:
+            log_norm = _row_log_sum(s_ptr, rows, active, x, stride, V, BLOCK_N, BLOCK_V)
+        best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
+        run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+        total = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+            keep = active[:, None] & (cols < V)[None, :]
+            if MODE != 4:
+                keep = keep & (cols[None, :] != x[:, None])
+            ptrs = s_ptr + rows[:, None] * stride + cols[None, :]
+            s = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
+            lw = s
+            if MODE == 3:
+                lw = _log_pos(c0[:, None] * tl.exp(s - log_norm[:, None]) - c1[:, None])
+                lw += tl.load(c_ptr + rows * 4 + 2, mask=active, other=0.0)[:, None]
+            key = race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+            key = tl.where(keep, lw + key, float("-inf"))
+            blk, blk_idx = block_argmax(key, cols)
+            best, best_idx = take(best, best_idx, blk, blk_idx)
+            if MODE == 0:
+                total += tl.exp(s)
+            if MODE == 2:
+                run_max, total = online_lse(run_max, total, s)
+        if MODE != 1 and MODE != 4:
+            if MODE == 0:
+                best = best + c0
+                log_stay = _log_pos(1.0 - tl.exp(c0) * tl.sum(total, axis=1))
+            if MODE == 2:
+                lse = lse_finish(run_max, total)
+                best = tl.where(best == float("-inf"), best, best - lse + c0)
+                log_stay = c1
+            if MODE == 3:
+                c3 = tl.load(c_ptr + rows * 4 + 3, mask=active, other=0.0)
+                log_stay = _log_pos(c0 * tl.exp(-log_norm) - c1) + c3
+            stay_key = log_stay + column_noise(seed, offset_lo, offset_hi, rows, x)
+            best, best_idx = take(best, best_idx, stay_key, x)
+        out = tl.where(active & (best > float("-inf")), best_idx, x)
+    tl.store(out_ptr + rows, out, mask=row_ok)
+
+
+@torch.library.custom_op("fastdiff::reverse_update", mutates_args=())
+def reverse_update_op(
+    scores: torch.Tensor,
+    x: torch.Tensor,
+    fixed: Optional[torch.Tensor],
+    consts: torch.Tensor,
+    seed: torch.Tensor,
+    offset: int,
+    mask_id: int,
+    mode: int,
+    masked_only: bool,
+    block_v: int,
+) -> torch.Tensor:
+    """New tokens ``[N]`` from ``scores [N, V]``, ``x [N]`` and fp32 ``consts [N, 4]`` (module
+    docstring); ``masked_only`` restricts the update to rows with ``x == mask_id``."""
+    n, vocab = scores.shape
+    out = new_output((n,), torch.int64, scores.device)
+    if n:
+        block = block_v or block_size(vocab)
+        block_n = rows_per_program(block, n)
+        _update_kernel[(triton.cdiv(n, block_n),)](
+            scores,
+            x,
+            fixed.view(torch.uint8) if fixed is not None else x,
+            consts,
+            out,
+            seed,
+            n,
+            vocab,
+            scores.stride(0),
+            *split_offset(offset),
+            mask_id,
+            MODE=mode,
+            MASKED_ONLY=masked_only,
+            HAS_FIXED=fixed is not None,
+            BLOCK_N=block_n,
+            BLOCK_V=block,
+            num_warps=num_warps(block * block_n),
+        )
+    return out
+
+
+@reverse_update_op.register_fake
+def _(scores, x, fixed, consts, seed, offset, mask_id, mode, masked_only, block_v):
+    return torch.empty_like(x)
+
+
+def _update(scores, x, fixed, consts, seed, offset, mask_id, mode, masked_only, block_v):
+    table = torch.zeros(x.shape[0], 4, dtype=torch.float64, device=x.device)
+    for i, c in enumerate(consts):
+        table[:, i] = c
+    return reverse_update_op(
+        scores.contiguous(),
+        x.contiguous(),
+        None if fixed is None else fixed.contiguous(),
+        table.float(),
+        seed_tensor(seed, x.device),
+        offset,
+        -1 if mask_id is None else mask_id,
+        mode,
+        masked_only,
+        block_v,
+    )
+
+
+def _tweedie(delta: torch.Tensor, vocab: int) -> list[torch.Tensor]:
+    leave = -torch.expm1(-delta) / vocab
+    return [
+        torch.exp(delta),
+        torch.expm1(delta) / vocab,
+        leave.log(),
+        (torch.exp(-delta) + leave).log(),
+    ]
+
+
+@register_kernel("sedd_euler")
+def sedd_euler(
+    log_score, x, rate, fixed, seed, offset, graph, mask_id, *, block_v: int = 0
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.updates.sedd_euler`."""
+    absorb = graph == "absorb"
+    log_rate = torch.log(rate if absorb else rate / log_score.shape[-1])
+    return _update(log_score, x, fixed, [log_rate], seed, offset, mask_id, RATE, absorb, block_v)
+
+
+@register_kernel("sedd_analytic")
+def sedd_analytic(
+    log_score, x, delta, fixed, seed, offset, graph, mask_id, *, block_v: int = 0
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.updates.sedd_analytic`."""
+    if graph == "absorb":
+        consts, mode = [torch.log(torch.expm1(delta))], RATE
+    else:
+        consts, mode = _tweedie(delta, log_score.shape[-1]), TWEEDIE
+    return _update(
+        log_score, x, fixed, consts, seed, offset, mask_id, mode, graph == "absorb", block_v
+    )
+
+
+@register_kernel("sedd_denoise")
+def sedd_denoise(
+    log_score, x, sigma, fixed, seed, offset, graph, mask_id, *, block_v: int = 0
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.updates.sedd_denoise`."""
+    if graph == "absorb":
+        return _update(log_score, x, fixed, [], seed, offset, mask_id, DENOISE, True, block_v)
+    consts = _tweedie(sigma, log_score.shape[-1])
+    return _update(log_score, x, fixed, consts, seed, offset, mask_id, TWEEDIE, False, block_v)
+
+
+@register_kernel("mdlm_ancestral")
+def mdlm_ancestral(
+    logits, x, sigma_t, sigma_s, fixed, seed, offset, mask_id, *, block_v: int = 0
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.updates.mdlm_ancestral`: unmask weight
+    ``p_j (mc_t - mc_s)``, stay ``mc_s``, with ``p`` an online softmax over ``j != m``."""
+    log_unmask = -sigma_s + torch.log(-torch.expm1(sigma_s - sigma_t))
+    log_stay = torch.log(-torch.expm1(-sigma_s))
+    consts = [log_unmask, log_stay]
+    return _update(logits, x, fixed, consts, seed, offset, mask_id, MDLM, True, block_v)
+
+
+@register_kernel("d3pm_step")
+def d3pm_step(
+    x0_logits, x_t, q_step, qbar_prev, fixed, seed, offset, *, block_v: int = 0
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.d3pm.d3pm_step`: the posterior logits from torch
+    matrix products (fp32, float64 for float64 inputs), then one race per row in the kernel."""
+    with torch.no_grad():
+        dtype = torch.float64 if x0_logits.dtype == torch.float64 else torch.float32
+        logits = ref_d3pm.log_posterior(x0_logits, x_t, q_step, qbar_prev, dtype)
+        return _update(logits, x_t, fixed, [], seed, offset, None, PLAIN, False, block_v)
