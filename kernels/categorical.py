@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from fastdiff.backend import register_kernel
-from fastdiff.kernels.launch import block_size, new_output, num_warps, rows_per_program
+from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
@@ -184,10 +184,9 @@ def sample_categorical_op(
     out = new_output((n,), torch.int64, weights.device)
     prob = new_output((n if want_prob else 0,), torch.float32, weights.device)
     if n:
-        block = block_v or block_size(vocab)
-        block_n = rows_per_program(block, n)
+        grid, tiles = row_tiles(n, vocab, block_v)
         argmax = temperature == 0.0
-        _categorical_kernel[(triton.cdiv(n, block_n),)](
+        _categorical_kernel[grid](
             weights,
             out,
             prob if want_prob else out,
@@ -206,9 +205,7 @@ def sample_categorical_op(
             TOP_K=0 < top_k < vocab,
             TOP_P=top_p < 1.0,
             MIN_P=min_p > 0.0,
-            BLOCK_N=block_n,
-            BLOCK_V=block,
-            num_warps=num_warps(block * block_n),
+            **tiles,
         )
     return out, prob
 

@@ -5,13 +5,14 @@ For each masked, non-fixed row, with ``p = softmax(logits)`` over ``j != m``
 
 - the proposal: a running argmax of ``l_j`` (temperature 0) or of ``l_j / T - log E_j`` on the
   reference's Philox stream, with the winner's logit;
-- an online log-sum-exp ``lse`` of the logits and, for the entropy, ``sum_j e^(l_j - M) l_j``
-  rescaled with the running max ``M``;
+- an online log-sum-exp ``lse`` of the logits and, for the entropy, ``sum_j e^(l_j - M)
+  (l_j - M)`` rescaled with the running max ``M`` (relative to the max, so a peaked row does
+  not cancel two large terms);
 - the two largest logits (for the margin; a tie gives margin 0).
 
 and finishes with ``p(xhat) = e^(l_xhat - lse)``, ``p1 - p2``, or
-``sum_j p_j log p_j = sum_j e^(l_j - lse) l_j - lse``. Other rows get ``x`` and ``-inf``. A tile
-with no masked row reads nothing.
+``sum_j p_j log p_j = sum_j p_j (l_j - M) - log sum_j e^(l_j - M)``. Other rows get ``x``
+and ``-inf``. A tile with no masked row reads nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import triton
 import triton.language as tl
 
 from fastdiff.backend import register_kernel
-from fastdiff.kernels.launch import block_size, new_output, num_warps, rows_per_program
+from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
@@ -89,14 +90,16 @@ def _candidates_kernel(
             blk, blk_idx = block_argmax(key, cols)
             best_l = tl.where(blk > best, value_at(lg, cols, blk_idx), best_l)
             best, best_idx = take(best, best_idx, blk, blk_idx)
-            # online log-sum-exp, with sum e^(l - M) l alongside for the entropy
+            # online log-sum-exp per lane, with sum e^(l - M)(l - M) alongside for the entropy
             new_max = tl.maximum(run_max, lg)
             safe = tl.where(new_max == float("-inf"), 0.0, new_max)
             rescale = tl.exp(run_max - safe)
             e = tl.exp(lg - safe)
-            run_sum = run_sum * rescale + e
             if CONF == 2:
-                run_dot = run_dot * rescale + tl.where(keep, e * lg, 0.0)
+                shift = tl.where(run_max == float("-inf"), 0.0, run_max - safe)
+                run_dot = rescale * (run_dot + shift * run_sum)
+                run_dot += tl.where(keep, e * (lg - safe), 0.0)
+            run_sum = run_sum * rescale + e
             run_max = new_max
             if CONF == 1:
                 b1, i1 = block_argmax(lg, cols)
@@ -108,11 +111,13 @@ def _candidates_kernel(
             value = tl.exp(best_l - lse)
         if CONF == 1:
             value = tl.exp(top1 - lse) - tl.exp(top2 - lse)
-        if CONF == 2:
-            top = tl.max(run_max, axis=1)
-            safe = tl.where(top == float("-inf"), 0.0, top)
-            weights = tl.exp(run_max - safe[:, None]) * tl.exp(safe - lse)[:, None]
-            value = tl.sum(run_dot * weights, axis=1) - lse
+        if CONF == 2:  # sum p (l - M) - log S, both relative to the row max M
+            top = tl.max(run_max, axis=1)[:, None]
+            top = tl.where(top == float("-inf"), 0.0, top)
+            lane = tl.exp(run_max - top)
+            shift = tl.where(run_max == float("-inf"), 0.0, run_max - top)
+            total = tl.sum(lane * run_sum, axis=1)
+            value = tl.sum(lane * (run_dot + shift * run_sum), axis=1) / total - tl.log(total)
         done = active & (best > float("-inf"))
         xhat = tl.where(done, best_idx, x)
         conf = tl.where(done, value, conf)
@@ -138,10 +143,9 @@ def unmask_candidates_op(
     xhat = new_output((n,), torch.int64, logits.device)
     conf = new_output((n,), torch.float32, logits.device)
     if n:
-        block = block_v or block_size(vocab)
-        block_n = rows_per_program(block, n)
+        grid, tiles = row_tiles(n, vocab, block_v)
         argmax = temperature == 0.0
-        _candidates_kernel[(triton.cdiv(n, block_n),)](
+        _candidates_kernel[grid](
             logits,
             x,
             fixed.view(torch.uint8) if fixed is not None else x,
@@ -157,9 +161,7 @@ def unmask_candidates_op(
             ARGMAX=argmax,
             CONF=confidence,
             HAS_FIXED=fixed is not None,
-            BLOCK_N=block_n,
-            BLOCK_V=block,
-            num_warps=num_warps(block * block_n),
+            **tiles,
         )
     return xhat, conf
 

@@ -29,6 +29,15 @@ def rows_per_program(block_v: int, n_rows: int) -> int:
     return max(1, min(TILE_ELEMENTS // block_v, triton.next_power_of_2(max(n_rows, 1))))
 
 
+def row_tiles(n_rows: int, vocab: int, block_v: int = 0) -> tuple[tuple[int], dict[str, int]]:
+    """Grid and launch parameters (``BLOCK_N``, ``BLOCK_V``, ``num_warps``) of a row-tiled
+    kernel over ``[n_rows, vocab]``; ``block_v = 0`` picks :func:`block_size`."""
+    block = block_v or block_size(vocab)
+    block_n = rows_per_program(block, n_rows)
+    grid = (triton.cdiv(n_rows, block_n),)
+    return grid, {"BLOCK_N": block_n, "BLOCK_V": block, "num_warps": num_warps(block * block_n)}
+
+
 def num_warps(block: int) -> int:
     """Warps per program for a streaming block of ``block`` elements."""
     return 8 if block >= 4096 else 4 if block >= 1024 else 2

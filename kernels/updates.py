@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from fastdiff.backend import register_kernel
-from fastdiff.kernels.launch import block_size, new_output, num_warps, rows_per_program
+from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
@@ -165,9 +165,8 @@ def reverse_update_op(
     n, vocab = scores.shape
     out = new_output((n,), torch.int64, scores.device)
     if n:
-        block = block_v or block_size(vocab)
-        block_n = rows_per_program(block, n)
-        _update_kernel[(triton.cdiv(n, block_n),)](
+        grid, tiles = row_tiles(n, vocab, block_v)
+        _update_kernel[grid](
             scores,
             x,
             fixed.view(torch.uint8) if fixed is not None else x,
@@ -182,9 +181,7 @@ def reverse_update_op(
             MODE=mode,
             MASKED_ONLY=masked_only,
             HAS_FIXED=fixed is not None,
-            BLOCK_N=block_n,
-            BLOCK_V=block,
-            num_warps=num_warps(block * block_n),
+            **tiles,
         )
     return out
 
