@@ -528,3 +528,24 @@ def test_select_commits_reads_no_values_while_a_cuda_graph_is_captured(monkeypat
     conf = torch.tensor([[0.2, float("nan"), 0.9, -torch.inf]])
     commit = select_commits(conf, k=2)
     assert commit.tolist() == [[True, False, True, False]]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [{"k": 2}, {"k": torch.tensor([1, 3])}, {"threshold": 0.5}, {"factor": 0.6}],
+    ids=["k", "k-tensor", "threshold", "factor"],
+)
+def test_commit_rules_trace_without_host_synchronization(rule) -> None:
+    """``torch.compile(fullgraph=True)`` refuses any data-dependent host read (``.item()``,
+    ``bool(tensor)``, ``nonzero``): the commit rules, with semi-autoregressive blocks, compile
+    into one graph and give the eager result, so on a GPU they run without a sync."""
+    gen = torch.Generator().manual_seed(0)
+    conf = torch.rand(2, 12, generator=gen)
+    conf[0, :3] = -torch.inf
+
+    def commits(c):
+        return select_commits(c, block_size=4, **rule)
+
+    compiled = torch.compile(commits, fullgraph=True, backend="aot_eager")
+    with fastdiff.value_checks(False):
+        assert torch.equal(compiled(conf), commits(conf))
