@@ -24,3 +24,14 @@ def test_readme_python_examples_run(monkeypatch):
     x = namespace["x"]
     assert x.shape == (8, 128) and x.dtype == torch.int64
     assert namespace["loss"].ndim == 0 and namespace["log_score"].grad is not None
+
+
+def test_readme_main_job_installs_what_fastdiff_bench_imports():
+    """The main-job command must install the extra that brings the bench's progress bar and
+    plot; a bare ``pip install -e .`` left them out once."""
+    text = README.read_text()
+    main_job = text.split("**Run the main job**", 1)[1].split("```bash\n", 1)[1].split("```")[0]
+    assert 'pip install -e ".[bench]"' in main_job and "fastdiff bench --quick" in main_job
+    pyproject = (README.parent / "pyproject.toml").read_text()
+    bench_extra = re.search(r"^bench = \[(.*)\]$", pyproject, flags=re.M)
+    assert bench_extra and '"tqdm"' in bench_extra[1] and '"matplotlib"' in bench_extra[1]

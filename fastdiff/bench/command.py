@@ -155,7 +155,16 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
         print("nothing to run: no op has the chosen providers and dtypes", file=sys.stderr)
         return 2
 
-    from tqdm import tqdm
+    try:
+        import matplotlib  # noqa: F401  (the plot, after the run: fail before it instead)
+        from tqdm import tqdm
+    except ImportError as err:
+        print(
+            f"fastdiff bench needs the 'bench' extra ({err.name} is missing): "
+            "pip install 'fastdiff[bench]'",
+            file=sys.stderr,
+        )
+        return 2
 
     bar = tqdm(
         total=sum(len(p.providers) for p in plans) + 1,
