@@ -32,7 +32,7 @@ from fastdiff.kernels.race import (
     race_noise,
     split_offset,
     take,
-    tile_rows,
+    tile_tokens,
     value_at,
 )
 
@@ -60,11 +60,7 @@ def _candidates_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    rows, row_ok = tile_rows(N, BLOCK_N)
-    x = tl.load(x_ptr + rows, mask=row_ok, other=0)
-    active = row_ok & (x == mask_id)
-    if HAS_FIXED:
-        active = active & (tl.load(fixed_ptr + rows, mask=row_ok, other=1) == 0)
+    rows, row_ok, x, active = tile_tokens(x_ptr, fixed_ptr, N, mask_id, BLOCK_N, True, HAS_FIXED)
     xhat = x
     conf = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     if tl.max(active.to(tl.int32), axis=0) > 0:

@@ -79,3 +79,25 @@ def tile_rows(N, BLOCK_N: tl.constexpr):
     """This program's rows (int64 ``[BLOCK_N]``) and which of them exist."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     return rows, rows < N
+
+
+@triton.jit
+def tile_tokens(
+    x_ptr,
+    fixed_ptr,
+    N,
+    mask_id,
+    BLOCK_N: tl.constexpr,
+    MASKED_ONLY: tl.constexpr,
+    HAS_FIXED: tl.constexpr,
+):
+    """This program's rows, which exist, their tokens ``x`` and which rows may move: every
+    existing row, or only masked ones (``MASKED_ONLY``), less the fixed ones."""
+    rows, row_ok = tile_rows(N, BLOCK_N)
+    x = tl.load(x_ptr + rows, mask=row_ok, other=0)
+    active = row_ok
+    if MASKED_ONLY:
+        active = active & (x == mask_id)
+    if HAS_FIXED:
+        active = active & (tl.load(fixed_ptr + rows, mask=row_ok, other=1) == 0)
+    return rows, row_ok, x, active

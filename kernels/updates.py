@@ -46,7 +46,7 @@ from fastdiff.kernels.race import (
     race_noise,
     split_offset,
     take,
-    tile_rows,
+    tile_tokens,
 )
 from fastdiff.reference import d3pm as ref_d3pm
 
@@ -93,13 +93,9 @@ def _update_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    rows, row_ok = tile_rows(N, BLOCK_N)
-    x = tl.load(x_ptr + rows, mask=row_ok, other=0)
-    active = row_ok
-    if MASKED_ONLY:
-        active = active & (x == mask_id)
-    if HAS_FIXED:
-        active = active & (tl.load(fixed_ptr + rows, mask=row_ok, other=1) == 0)
+    rows, row_ok, x, active = tile_tokens(
+        x_ptr, fixed_ptr, N, mask_id, BLOCK_N, MASKED_ONLY, HAS_FIXED
+    )
     out = x
     if tl.max(active.to(tl.int32), axis=0) > 0:  # a tile with nothing to do reads nothing
         seed = tl.load(seed_ptr)
@@ -192,14 +188,14 @@ def _(scores, x, fixed, consts, seed, offset, mask_id, mode, masked_only, block_
 
 
 def _update(scores, x, fixed, consts, seed, offset, mask_id, mode, masked_only, block_v):
-    table = torch.zeros(x.shape[0], 4, dtype=torch.float64, device=x.device)
-    for i, c in enumerate(consts):
-        table[:, i] = c
+    table = torch.zeros(x.shape[0], 4, dtype=torch.float32, device=x.device)
+    if consts:
+        table[:, : len(consts)] = torch.stack(consts, dim=1)
     return reverse_update_op(
         scores.contiguous(),
         x.contiguous(),
         None if fixed is None else fixed.contiguous(),
-        table.float(),
+        table,
         seed_tensor(seed, x.device),
         offset,
         -1 if mask_id is None else mask_id,
