@@ -6,6 +6,7 @@
 #   bash benchmarks/run_gpu.sh noising    # fastdiff bench: noising ops
 #   bash benchmarks/run_gpu.sh sampling   # fastdiff bench: sampling steps at N=16384, V=50258
 #   bash benchmarks/run_gpu.sh memory     # fused projection + loss vs projection-then-kernel
+#   bash benchmarks/run_gpu.sh gaussian   # q_sample, DDPM / DDIM, loss, rounding (bf16, fp32)
 # Results (JSON + PNG) go to $OUT when set (the device tool returns it), else benchmarks/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,8 @@ stage="${1:-all}"
 
 if [[ "$stage" == setup || "$stage" == all ]]; then
     python3 -m venv --system-site-packages "$VENV"   # keeps the machine's CUDA torch
-    "$VENV/bin/pip" install -q -e ".[test]"
+    "$VENV/bin/pip" install -q ninja
+    "$VENV/bin/pip" install -q --no-build-isolation -e ".[test]"
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
@@ -24,7 +26,9 @@ python -c "import torch, triton; print(torch.__version__, triton.__version__, to
 
 if [[ "$stage" == tests || "$stage" == all ]]; then
     pytest -q tests/test_kernels_training.py tests/test_kernels_ddp.py tests/test_losses.py \
-        tests/test_kernels_sampling.py tests/test_sampling.py tests/test_updates.py
+        tests/test_kernels_sampling.py tests/test_sampling.py tests/test_updates.py \
+        tests/test_kernels_gaussian.py tests/test_gaussian.py tests/test_concrete_score.py \
+        tests/test_step_loop.py tests/test_samplers.py
 fi
 if [[ "$stage" == training || "$stage" == all ]]; then
     fastdiff bench --ops training --dtype bfloat16 float32 --out "$OUT" \
@@ -38,6 +42,9 @@ if [[ "$stage" == sampling || "$stage" == all ]]; then
         sample_categorical sedd_analytic_absorb sedd_euler_absorb sedd_denoise_absorb \
         sedd_analytic_uniform mdlm_step confidence_unmask_step
     fastdiff bench --ops d3pm_step --dtype float32 --out "$OUT" --shapes gpu-quick
+fi
+if [[ "$stage" == gaussian || "$stage" == all ]]; then
+    fastdiff bench --ops gaussian --dtype bfloat16 float32 --out "$OUT" --shapes gpu
 fi
 if [[ "$stage" == memory || "$stage" == all ]]; then
     python -m benchmarks.fused_linear_memory --out "$OUT"

@@ -55,6 +55,12 @@ def _checking(value: Scalar) -> bool:
     return checks.value_checks_enabled() or not isinstance(value, torch.Tensor)
 
 
+def _checked(value: Scalar, t: torch.Tensor) -> torch.Tensor:
+    """What the value checks read: the tensor, or a number as a host constant (not the expanded
+    device tensor, whose values ``torch.compile`` cannot know)."""
+    return t if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=t.dtype)
+
+
 def _same_shape(name: str, t: torch.Tensor, ref_name: str, ref_t: torch.Tensor) -> None:
     if t.shape != ref_t.shape:
         raise ValueError(
@@ -92,7 +98,7 @@ def _real(
     t = checks.per_position(
         name, value, batch_shape, device=device, dtype=torch.float64, nonnegative=nonnegative
     )
-    if _checking(value) and not bool(torch.isfinite(t).all()):
+    if _checking(value) and not bool(torch.isfinite(_checked(value, t)).all()):
         raise ValueError(f"{name} must be finite (got inf)")
     return t.reshape(-1)
 
@@ -117,9 +123,10 @@ def _abar(
         positive=positive,
     )
     if _checking(value):
-        if below_one and bool((t >= 1).any()):
+        check = _checked(value, t)
+        if below_one and bool((check >= 1).any()):
             raise ValueError(f"{name} must be < 1 here (1 - {name} is divided by); got 1 or more")
-        if bool((t > 1).any()):
+        if bool((check > 1).any()):
             raise ValueError(f"{name} must lie in [0, 1] (a cumulative product of alphas)")
     return t.reshape(-1)
 

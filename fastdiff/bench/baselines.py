@@ -17,8 +17,9 @@ that fastdiff's reference and kernels can be timed against what users run today:
 - LLaDA (Nie et al. 2025; github ML-GSAI/LLaDA ``generate.py``): one low-confidence
   remasking step with a per-sequence ``topk`` loop;
 - Diffusion-LM (Li et al. 2022; github XiangLi1999/Diffusion-LM, on improved-diffusion's
-  ``gaussian_diffusion.py``): ``q_sample`` after the embedding lookup, ``p_sample`` and
-  ``ddim_sample`` through ``p_mean_variance``, and the ``get_efficient_knn`` rounding.
+  ``gaussian_diffusion.py``): ``q_sample`` after the embedding lookup, the ``mse`` term of
+  ``training_losses``, ``p_sample`` and ``ddim_sample`` through ``p_mean_variance``, and the
+  ``get_efficient_knn`` rounding.
 
 They deliberately keep the public code's eager sequence of ops: the same full ``[N, V]``
 temporaries (boolean-index copies, ``F.one_hot`` int64 matrices, ``zeros_like`` scatters,
@@ -453,6 +454,13 @@ def diffusionlm_q_sample(
     shape = x_start.shape
     x_t = _extract(abar.sqrt(), shape) * x_start + _extract((1.0 - abar).sqrt(), shape) * noise
     return x_t, noise, x_start
+
+
+def diffusionlm_mse(model_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """improved-diffusion ``training_losses`` ``mse`` term: ``mean_flat((target -
+    model_output) ** 2)``, the mean over features (fastdiff's :func:`fastdiff.gaussian_loss`
+    sums them: ``H`` times this), per row ``[N]``, in the input dtype."""
+    return ((target - model_output) ** 2).mean(dim=-1)
 
 
 def _p_mean_variance(

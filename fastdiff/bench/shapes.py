@@ -136,7 +136,7 @@ DENSE = ShapeTable(
 STATE = ShapeTable(
     quick=tuple(Shape(1024, 0, h=h) for h in (32, 128, 512)),
     cpu=(Shape(16384, 0, h=128), Shape(16384, 0, h=768)),
-    gpu=tuple(Shape(n, 0, h=h) for n in (16384, 65536) for h in (128, 1024, 4096)),
+    gpu=tuple(Shape(n, 0, h=h) for n in (16384, 65536) for h in (128, 768, 1024, 4096)),
     default_h=768,
     uses_v=False,
 )
@@ -146,7 +146,7 @@ STATE = ShapeTable(
 GATHER = ShapeTable(
     quick=tuple(Shape(1024, 512, h=h) for h in (32, 128, 512)),
     cpu=(Shape(16384, 8192, h=128), Shape(16384, 8192, h=768)),
-    gpu=tuple(Shape(n, 50258, h=h) for n in (16384, 65536) for h in (128, 1024, 4096)),
+    gpu=tuple(Shape(n, 50258, h=h) for n in (16384, 65536) for h in (128, 768, 1024, 4096)),
     default_h=768,
 )
 
