@@ -11,15 +11,24 @@ Modules: the training losses (``score_entropy_absorb``, ``score_entropy_uniform`
 the noising of discrete tokens (``corrupt``, ``corrupt_dense``, :mod:`~fastdiff.kernels.noising`),
 categorical sampling (``sample_categorical``, :mod:`~fastdiff.kernels.categorical`), the reverse
 updates (``sedd_euler``, ``sedd_analytic``, ``sedd_denoise``, ``mdlm_ancestral``, ``d3pm_step``,
-:mod:`~fastdiff.kernels.updates`) and the confidence-unmasking proposal (``unmask_candidates``,
-:mod:`~fastdiff.kernels.confidence`).
+:mod:`~fastdiff.kernels.updates`), the confidence-unmasking proposal (``unmask_candidates``,
+:mod:`~fastdiff.kernels.confidence`) and the Gaussian (embedding-space) ops (``q_sample``,
+``gaussian_loss``, :mod:`~fastdiff.kernels.gaussian`; ``ddpm_step``, ``ddim_step``,
+:mod:`~fastdiff.kernels.gaussian_steps`; ``round_to_embedding``,
+:mod:`~fastdiff.kernels.gaussian_round`) and concrete score matching
+(``concrete_score_matching_absorb``, ``concrete_score_matching_uniform``,
+:mod:`~fastdiff.kernels.concrete_score`).
 """
 
 from fastdiff.kernels import (  # noqa: F401  (importing registers the kernels)
     categorical,
+    concrete_score,
     confidence,
     fused_linear,
     fused_loss,
+    gaussian,
+    gaussian_round,
+    gaussian_steps,
     noising,
     updates,
 )

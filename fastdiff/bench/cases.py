@@ -27,6 +27,7 @@ score_entropy_absorb (fwd+bwd)    ``Nm V e`` scores read + ``N V e`` gradient wr
                                   + ``28 N`` (x_t, x0, sigma, loss, grad_output)
 score_entropy_uniform (fwd+bwd)   ``2 N V e + 28 N`` (every row is read)
 masked_diffusion_loss (fwd+bwd)   ``Nm V e + N V e + 28 N`` (weight instead of sigma)
+concrete_score_matching_*         as score_entropy_absorb / score_entropy_uniform
 linear_* (fwd+bwd)                ``2 (N + V) H e + 20 N``: hidden and projection read, their
                                   gradients written; flops ``6 Nm V H`` (projection of the
                                   masked rows, and the two gradient matmuls)
@@ -43,6 +44,8 @@ confidence_unmask_step            ``Nm V e + 16 N``
 q_sample (token input)            ``4 N H e + 12 N``: ids, abar and the rows ``E[x0]`` read;
                                   x_t, noise, x0 written
 ddpm_step, ddim_step              ``3 N H e + 8 N`` (model output, x_t read; x' written)
+gaussian_loss (fwd+bwd)           ``3 N H e + 12 N``: prediction and target read, the
+                                  gradient written; weight, loss and grad_output
 round_to_embedding                ``(2 N H + V H) e + 8 N``; flops ``2 N V H``
 ================================  ==========================================================
 """
@@ -68,6 +71,7 @@ from fastdiff.bench.shapes import (
     Shape,
     ShapeTable,
 )
+from fastdiff.losses import concrete_score_matching
 from fastdiff.reference import d3pm as ref_d3pm
 from fastdiff.reference import gaussian as ref_gaussian
 from fastdiff.reference import losses as ref_losses
@@ -310,6 +314,16 @@ def _state_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, gen: t
     return d
 
 
+def _gaussian_loss_inputs(
+    shape: Shape, dtype: torch.dtype, device: torch.device, gen: torch.Generator
+):
+    return {
+        "pred": _normal((shape.n, shape.h), dtype, gen, device),
+        "target": _normal((shape.n, shape.h), dtype, gen, device),
+        "weight": torch.rand(shape.n, generator=gen, device=device),
+    }
+
+
 def _round_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, gen: torch.Generator):
     return {
         "x": _normal((shape.n, shape.h), dtype, gen, device),
@@ -362,6 +376,35 @@ def _unmask_reference(logits: torch.Tensor, x: torch.Tensor, mask_id: int, k: in
     )
     commit = select_commits(conf.reshape(batch, seq), k=k)
     return torch.where(commit, xhat.reshape(batch, seq), x)
+
+
+def _eager_csm_absorb(
+    score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, mask_id: int
+) -> torch.Tensor:
+    """Concrete score matching written in the eager style of SEDD's graph code (boolean-indexed
+    masked rows, mask last; SEDD ships no CSM loss): ``1/2 sum_{j != m} (S_j - r [j = x0])^2``."""
+    rel = x_t == mask_id
+    ratio = 1 / torch.expm1(sigma.expand_as(x_t)[rel])
+    s = score[rel][:, :-1].exp()
+    target = torch.zeros_like(s).scatter(-1, x0[rel][:, None], ratio[:, None].to(s.dtype))
+    loss = torch.zeros(*x_t.shape, device=x_t.device, dtype=score.dtype)
+    loss[rel] = 0.5 * (s - target).square().sum(-1)
+    return loss
+
+
+def _eager_csm_uniform(
+    score: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """Uniform-graph concrete score matching in the same eager style (every row)."""
+    dim = score.shape[-1]
+    esigm1 = torch.expm1(sigma)
+    ratio = esigm1 / (esigm1 + dim)
+    same = x_t == x0
+    s = score.exp().scatter(-1, x_t[:, None], 0.0)
+    target = torch.where(same, ratio, torch.ones_like(ratio))[:, None].expand_as(s)
+    at_x0 = torch.where(same, ratio, 1 / ratio)[:, None].to(s.dtype)
+    target = target.to(s.dtype).scatter(-1, x0[:, None], at_x0).scatter(-1, x_t[:, None], 0.0)
+    return 0.5 / dim * (s - target).square().sum(-1)
 
 
 CASES: tuple[Case, ...] = (
@@ -434,6 +477,32 @@ CASES: tuple[Case, ...] = (
             d["hidden"], d["projection"], d["x_t"], d["x0"], d["sigma"], d["dsigma"],
             d["mask_id"])),
         grad=("hidden", "projection"),
+    ),
+    Case(
+        "concrete_score_matching_absorb", "training", "fwd+bwd", SCORES,
+        "concrete_score_matching_absorb",
+        make=_score_inputs,
+        public=lambda d: concrete_score_matching(
+            d["log_score"], d["x_t"], d["x0"], d["sigma"], graph="absorb", mask_id=d["mask_id"]),
+        reference=ref_losses.concrete_score_matching_absorb,
+        reference_args=lambda d: (d["log_score"], d["x_t"], d["x0"], d["sigma"], d["mask_id"]),
+        traffic=_absorb_loss_bytes,
+        baseline=Baseline("sedd", lambda d: _eager_csm_absorb(
+            d["log_score"], d["x_t"], d["x0"], d["sigma"], d["mask_id"])),
+        grad=("log_score",),
+    ),
+    Case(
+        "concrete_score_matching_uniform", "training", "fwd+bwd", SCORES,
+        "concrete_score_matching_uniform",
+        make=_uniform_inputs,
+        public=lambda d: concrete_score_matching(
+            d["log_score"], d["x_t"], d["x0"], d["sigma"], graph="uniform"),
+        reference=ref_losses.concrete_score_matching_uniform,
+        reference_args=lambda d: (d["log_score"], d["x_t"], d["x0"], d["sigma"]),
+        traffic=_uniform_loss_bytes,
+        baseline=Baseline("sedd", lambda d: _eager_csm_uniform(
+            d["log_score"], d["x_t"], d["x0"], d["sigma"])),
+        grad=("log_score",),
     ),
     # ---------------------------------------------------------------- noising
     Case(
@@ -597,6 +666,18 @@ CASES: tuple[Case, ...] = (
         traffic=_state_step_bytes,
         baseline=Baseline("diffusionlm", lambda d: baselines.diffusionlm_ddim_step(
             d["eps"], d["x_t"], d["abar"], d["abar_prev"], 0.0)),
+        sweep="h",
+    ),
+    Case(
+        "gaussian_loss", "gaussian", "fwd+bwd", STATE, "gaussian_loss",
+        make=_gaussian_loss_inputs,
+        public=lambda d: fastdiff.gaussian_loss(d["pred"], d["target"], weight=d["weight"]),
+        reference=ref_gaussian.gaussian_loss,
+        reference_args=lambda d: (d["pred"], d["target"], d["weight"]),
+        traffic=lambda s, e: 3 * s.n * s.h * e + 3 * s.n * SCALAR,
+        baseline=Baseline("diffusionlm", lambda d: baselines.diffusionlm_mse(
+            d["pred"], d["target"])),
+        grad=("pred",),
         sweep="h",
     ),
     Case(

@@ -179,3 +179,66 @@ def linear_masked_diffusion_loss(
     """``sum_i w_i CE_SUBS(hidden_i W^T + b)``, unfused (the oracle of the fused kernel)."""
     logits = torch.nn.functional.linear(hidden, projection, bias)
     return masked_diffusion_loss(logits, x_t, x0, mask_id, weight).sum()
+
+
+def concrete_score_matching_absorb(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    mask_id: int,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Absorbing-graph denoising concrete score matching per row (times ``weight [N]``).
+
+    The squared error between the predicted ratios ``S_j = exp(s_j)`` and the ratios of the
+    noising kernel given ``x0`` over the neighbours ``j`` that move into ``x_t`` (rate 1 each):
+    rows with ``x_t != m`` have none and give 0; for ``x_t = m``, with ``r = 1/expm1(sigma)``
+    (the ratio ``q(x0 | x0) / q(m | x0)``; every other token has ratio 0)::
+
+        loss = 1/2 sum_{j != m} (S_j - r [j = x0])^2,   d loss / d s_j = (S_j - r [j = x0]) S_j
+
+    The entry ``s_m`` is ignored. Only masked rows are read.
+    """
+    n = x_t.shape[0]
+    dtype = compute_dtype(log_score.dtype)
+    rows = torch.nonzero(x_t == mask_id).squeeze(1)
+    s = log_score.index_select(0, rows).to(dtype)
+    r = torch.exp(-log_expm1(sigma.index_select(0, rows).to(dtype)))
+    ratio = s.index_fill(-1, torch.tensor([mask_id], device=s.device), -torch.inf).exp()
+    target = torch.zeros_like(ratio).scatter(-1, x0.index_select(0, rows)[:, None], r[:, None])
+    loss = 0.5 * (ratio - target).square().sum(-1)
+    if weight is not None:
+        loss = loss * weight.index_select(0, rows).to(dtype)
+    return _scatter_rows(rows, loss, n)
+
+
+def concrete_score_matching_uniform(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Uniform-graph denoising concrete score matching per row (times ``weight [N]``).
+
+    Every ``j != x`` (``x = x_t``) moves into ``x`` at rate ``1/V``. The kernel ratios
+    ``a_j = q(j | x0) / q(x | x0)``, with ``e = expm1(sigma)`` and ``ratio = e / (e + V)``:
+    ``a_j = ratio`` for every ``j`` when ``x = x0``; when ``x != x0``, ``a_{x0} = 1/ratio =
+    1 + V/e`` and ``a_j = 1`` for the other ``j``::
+
+        loss = 1/(2V) sum_{j != x} (S_j - a_j)^2,   d loss / d s_j = (S_j - a_j) S_j / V
+
+    The entry ``s_x`` is ignored.
+    """
+    vocab = log_score.shape[-1]
+    dtype = compute_dtype(log_score.dtype)
+    col = x_t[:, None]
+    ratio_s = log_score.to(dtype).scatter(-1, col, -torch.inf).exp()
+    ratio, _ = uniform_ratio(sigma.to(dtype), vocab)
+    same = x_t == x0
+    target = torch.where(same, ratio, torch.ones_like(ratio))[:, None].expand_as(ratio_s)
+    a_x0 = torch.where(same, ratio, 1.0 + vocab / torch.expm1(sigma.to(dtype)))
+    target = target.scatter(-1, x0[:, None], a_x0[:, None]).scatter(-1, col, 0.0)
+    loss = 0.5 / vocab * (ratio_s - target).square().sum(-1)
+    return loss if weight is None else loss * weight.to(dtype)
