@@ -1,10 +1,65 @@
 """Build script.
 
-All metadata lives in ``pyproject.toml``. The C++ step-loop extension (``fastdiff._C``,
-built from ``csrc/`` with ``torch.utils.cpp_extension``) is added here by the sampler
-issue; until then this builds the pure-Python package only.
+All metadata lives in ``pyproject.toml``. This file adds the C++ step-loop extension
+``fastdiff._C`` (``csrc/``, built with ``torch.utils.cpp_extension``: pybind11, ninja when
+installed). It needs the torch the package will run with, so install without build isolation::
+
+    pip install torch          # first: the build compiles against it
+    pip install --no-build-isolation -e ".[test]"
+
+Without torch or a C++ compiler (or with ``FASTDIFF_BUILD_EXTENSION=0``) the pure-Python package
+is installed and sampling runs the Python step loop; ``fastdiff`` says so once. A failing
+compile is reported and skipped the same way, unless ``FASTDIFF_REQUIRE_EXTENSION=1`` (CI),
+which makes it an error.
 """
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
 
 from setuptools import setup
 
-setup()
+SOURCES = ["csrc/step_loop.cpp"]
+REQUIRED = os.environ.get("FASTDIFF_REQUIRE_EXTENSION") == "1"
+
+
+def _skip(reason: str) -> dict:
+    message = f"fastdiff: not building the C++ extension fastdiff._C ({reason}); "
+    if REQUIRED:
+        raise SystemExit(message + "FASTDIFF_REQUIRE_EXTENSION=1 makes this an error")
+    print(message + "installing the pure-Python package (Python step loop).", file=sys.stderr)
+    return {}
+
+
+def _extension() -> dict:
+    if os.environ.get("FASTDIFF_BUILD_EXTENSION", "1") == "0":
+        return _skip("FASTDIFF_BUILD_EXTENSION=0")
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        return _skip(
+            "torch is not importable here: install torch first, then install fastdiff with "
+            "`pip install --no-build-isolation ...`"
+        )
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return _skip(f"no C++ compiler ({compiler!r} not found)")
+    ext = cpp_extension.CppExtension("fastdiff._C", SOURCES, extra_compile_args=["-O3"])
+
+    class BuildExtension(cpp_extension.BuildExtension):
+        """torch's builder; a failed compile installs the pure-Python package unless required."""
+
+        def run(self) -> None:
+            try:
+                super().run()
+            except Exception as error:
+                if REQUIRED:
+                    raise
+                _skip(f"the compile failed: {error}")
+
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
+
+
+setup(**_extension())
