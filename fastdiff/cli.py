@@ -1,4 +1,4 @@
-"""The ``fastdiff`` console script: ``fastdiff bench ...`` (one subcommand so far; each
+"""The ``fastdiff`` console script: ``fastdiff bench ...`` and ``fastdiff demo ...`` (each
 subcommand adds its parser in :func:`build_parser`)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fastdiff.bench import command
+from fastdiff.demo import command as demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_arguments(bench)
     bench.set_defaults(handler=command.run)
+    demo_parser = sub.add_parser(
+        "demo",
+        help="train and sample a small diffusion language model (minutes on a CPU)",
+        **demo.PARSER_TEXT,
+    )
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(handler=demo.run)
     return parser
 
 

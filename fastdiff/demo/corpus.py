@@ -1,0 +1,148 @@
+"""The demo's byte-level corpus: the Python standard library's own source by default.
+
+Text becomes tokens ``0..255`` (its UTF-8 bytes); the demo's vocabulary adds one mask token,
+``MASK_ID = 256`` (``V = 257``). The default corpus is the ``.py`` files under the running
+interpreter's ``sysconfig.get_paths()["stdlib"]`` (test suites, ``site-packages`` and IDLE
+left out), read in sorted path order until ``DEFAULT_BYTES`` are collected: no download, and
+the same bytes for every run of the same interpreter. ``--corpus`` replaces it with the
+user's files (directories are read recursively, in sorted order).
+
+The split is fixed: the byte stream is cut into ``CHUNK``-byte chunks and every
+``HELDOUT_EVERY``-th chunk (the last of each group) is held out, so held-out text is spread
+over the whole corpus and never seen in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sysconfig
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+VOCAB_SIZE = 257
+MASK_ID = 256
+DEFAULT_BYTES = 4 << 20
+CHUNK = 1 << 14
+HELDOUT_EVERY = 20
+_SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """Token streams ``train`` and ``heldout`` (uint8 ``[n]``) and where they came from."""
+
+    train: Tensor
+    heldout: Tensor
+    source: str
+    files: int
+
+    def summary(self) -> dict[str, object]:
+        """Sizes and origin, for the JSON summary."""
+        return {
+            "source": self.source,
+            "files": self.files,
+            "train_bytes": int(self.train.numel()),
+            "heldout_bytes": int(self.heldout.numel()),
+        }
+
+
+def stdlib_files() -> list[Path]:
+    """The default corpus files: the standard library's ``.py`` files in sorted path order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix())
+    return [p for p in files if not _SKIP_PARTS.intersection(p.relative_to(root).parts[:-1])]
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ValueError(f"--corpus {p}: no such file or directory")
+    return out
+
+
+def _read(files: list[Path], limit: int | None) -> tuple[bytes, int]:
+    parts: list[bytes] = []
+    total = 0
+    for f in files:
+        data = f.read_bytes()
+        if not data:
+            continue
+        parts.append(data if data.endswith(b"\n") else data + b"\n")
+        total += len(parts[-1])
+        if limit is not None and total >= limit:
+            break
+    return b"".join(parts)[:limit], len(parts)
+
+
+def split(stream: bytes, min_len: int) -> tuple[Tensor, Tensor]:
+    """Cut ``stream`` into the fixed train / held-out token streams (module docstring).
+
+    A stream with fewer than ``HELDOUT_EVERY`` chunks holds out its last ``1/HELDOUT_EVERY``.
+    Both parts must hold at least ``min_len`` tokens (one training window).
+    """
+    tokens = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    n = tokens.numel()
+    if n // CHUNK >= HELDOUT_EVERY:
+        chunk_id = torch.arange(n) // CHUNK
+        held = chunk_id % HELDOUT_EVERY == HELDOUT_EVERY - 1
+        train, heldout = tokens[~held], tokens[held]
+    else:
+        cut = n - n // HELDOUT_EVERY
+        train, heldout = tokens[:cut], tokens[cut:]
+    if min(train.numel(), heldout.numel()) < min_len:
+        raise ValueError(
+            f"the corpus has {n} bytes: too small for windows of {min_len} tokens "
+            f"(needs about {HELDOUT_EVERY * min_len} bytes)"
+        )
+    return train.clone(), heldout.clone()
+
+
+def load(paths: list[Path] | None, min_len: int, limit: int | None = DEFAULT_BYTES) -> Corpus:
+    """The corpus of ``paths`` (files or directories), or the standard library's source when
+    ``paths`` is empty; at most ``limit`` bytes (``None``: no limit)."""
+    if paths:
+        files = _expand(paths)
+        source = ", ".join(str(p) for p in paths)
+    else:
+        files = stdlib_files()
+        source = f"Python standard library ({sysconfig.get_paths()['stdlib']})"
+    stream, count = _read(files, limit)
+    train, heldout = split(stream, min_len)
+    return Corpus(train, heldout, source, count)
+
+
+def shard(stream: Tensor, rank: int, world: int) -> Tensor:
+    """Rank ``rank``'s contiguous ``1/world`` of a token stream (per-process data shards)."""
+    size = stream.numel() // world
+    return stream[rank * size : (rank + 1) * size]
+
+
+def random_windows(stream: Tensor, batch: int, length: int, generator: torch.Generator) -> Tensor:
+    """``batch`` windows of ``length`` tokens at uniform random offsets: int64
+    ``[batch, length]``."""
+    if stream.numel() < length:
+        raise ValueError(f"a stream of {stream.numel()} tokens has no window of {length}")
+    start = torch.randint(0, stream.numel() - length + 1, (batch,), generator=generator)
+    return stream[start[:, None] + torch.arange(length)].long()
+
+
+def fixed_windows(stream: Tensor, count: int, length: int) -> Tensor:
+    """``count`` windows evenly spread over ``stream`` (the held-out evaluation set):
+    int64 ``[count, length]``, the same on every run."""
+    if stream.numel() < length:
+        raise ValueError(f"a stream of {stream.numel()} tokens has no window of {length}")
+    start = torch.linspace(0, stream.numel() - length, count).long()
+    return stream[start[:, None] + torch.arange(length)].long()
+
+
+def decode(tokens: Tensor) -> str:
+    """Bytes to text (invalid UTF-8 and the mask token shown as U+FFFD)."""
+    data = bytes(int(t) if 0 <= int(t) < 256 else 0xFF for t in tokens.reshape(-1).tolist())
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,231 @@
+"""The demo's training loop: AdamW with warm-up and cosine decay, one noising seed per
+(run seed, step, rank) so a resumed run repeats exactly what the uninterrupted one would have
+done, checkpoints, and DistributedDataParallel when launched by ``torchrun``.
+
+Distributed runs: with ``WORLD_SIZE > 1`` in the environment (``torchrun`` sets it, with
+``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``), :func:`setup_distributed` joins
+the process group (``nccl`` on CUDA, ``gloo`` on the CPU), each rank trains on its own shard
+of the training stream with the per-rank batch ``batch_size``, DDP averages the gradients,
+and only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastdiff.demo import corpus
+from fastdiff.demo.model import Denoiser, ModelConfig
+from fastdiff.demo.objectives import Objective
+from fastdiff.schedules import sample_times
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings; ``batch_size`` is per rank."""
+
+    steps: int = 800
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    """This process's place in the run: rank, world size and device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """True on the process that prints and writes (rank 0)."""
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Join the process group when ``WORLD_SIZE > 1`` (module docstring); else one process.
+
+    On CUDA each rank takes ``cuda:LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here")
+    if world <= 1:
+        return Dist(0, 1, dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def step_seed(seed: int, step: int, rank: int, stream: str) -> int:
+    """A 62-bit seed that depends only on ``(seed, step, rank, stream)``."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{rank}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of ``lr`` at ``steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+@dataclasses.dataclass
+class State:
+    """What a checkpoint holds besides the settings: model, optimizer, next step, loss
+    history ``[(step, loss)]`` and training seconds spent so far."""
+
+    model: Denoiser
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    history: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+
+def initial_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> Denoiser:
+    """The untrained model of a run: the same weights for the same seed (on every rank)."""
+    torch.manual_seed(seed)
+    return Denoiser(model_cfg).to(device)
+
+
+def build(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> State:
+    """A freshly initialized model (:func:`initial_model`) and its optimizer."""
+    model = initial_model(model_cfg, cfg.seed, device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    return State(model, optimizer)
+
+
+def save_checkpoint(
+    path: Path, state: State, model_cfg: ModelConfig, cfg: TrainConfig, objective: str
+) -> None:
+    """Write the checkpoint atomically (a temporary file renamed over ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "step": state.step,
+            "history": state.history,
+            "seconds": state.seconds,
+            "model_config": dataclasses.asdict(model_cfg),
+            "train_config": dataclasses.asdict(cfg),
+            "objective": objective,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` onto ``device``."""
+    if not path.is_file():
+        raise ValueError(f"--resume {path}: no such checkpoint")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def restore(state: State, ckpt: dict) -> None:
+    """Put a checkpoint's weights, optimizer moments, step and history into ``state``."""
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.step = int(ckpt["step"])
+    state.history = [(int(s), float(v)) for s, v in ckpt["history"]]
+    state.seconds = float(ckpt["seconds"])
+
+
+def train(
+    state: State,
+    objective: Objective,
+    stream: torch.Tensor,
+    cfg: TrainConfig,
+    rank: Dist,
+    *,
+    progress: bool,
+    checkpoint: Callable[[State], None],
+) -> None:
+    """Train from ``state.step`` to ``cfg.steps`` on this rank's ``stream`` (uint8 tokens).
+
+    Each step draws ``batch_size`` random windows and one noise seed from
+    :func:`step_seed`, takes one optimizer step and appends ``(step, loss)`` (the loss averaged
+    over ranks) to ``state.history``. ``checkpoint(state)`` is called every
+    ``checkpoint_every`` steps (on every rank: the callee decides who writes).
+    """
+    from tqdm import tqdm
+
+    model: nn.Module = state.model
+    if rank.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[rank.device.index] if rank.device.type == "cuda" else None
+        )
+    model.train()
+    tokens_per_step = cfg.batch_size * cfg.seq_len * rank.world
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        desc=f"training ({objective.name})",
+        unit="step",
+        disable=not (progress and rank.main),
+        dynamic_ncols=True,
+    )
+    smooth = None
+    while state.step < cfg.steps:
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, state.step, rank.rank, "data"))
+        x0 = corpus.random_windows(stream, cfg.batch_size, cfg.seq_len, gen).to(rank.device)
+        t = sample_times(cfg.batch_size, antithetic=True, generator=gen).to(rank.device)
+        noise_seed = step_seed(cfg.seed, state.step, rank.rank, "noise")
+        for group in state.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, state.step)
+        loss = objective.loss(model, x0, t, noise_seed)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        state.optimizer.step()
+        value = loss.detach()
+        if rank.world > 1:
+            dist.all_reduce(value)
+            value /= rank.world
+        value = float(value)
+        state.history.append((state.step, value))
+        state.step += 1
+        elapsed = time.perf_counter() - start
+        state.seconds += elapsed
+        smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+        bar.set_postfix_str(f"loss {smooth:.3f}  {tokens_per_step / elapsed:,.0f} tok/s")
+        bar.update()
+        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+            checkpoint(state)
+    bar.close()
