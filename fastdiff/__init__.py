@@ -5,14 +5,17 @@ Public ops (each validates its inputs, then runs a Triton kernel or the referenc
 
 - noising: :func:`corrupt`, :func:`corrupt_dense`, :func:`q_sample`
 - losses: :func:`score_entropy`, :func:`masked_diffusion_loss`, :func:`gaussian_loss`,
-  :func:`d3pm_hybrid_loss`
+  :func:`d3pm_hybrid_loss`, :func:`concrete_score_matching`
+- likelihood: the diffusion ELBO and its perplexity bound, :mod:`fastdiff.likelihood`
 - D3PM matrices: :mod:`fastdiff.transitions`
 - sampling: :func:`sample_categorical`, the SEDD / MDLM / confidence / D3PM updates and the
   Gaussian DDPM / DDIM steps
 - schedules: :mod:`fastdiff.schedules`
+- samplers: :func:`sample` and the schedulers (diffusers shape) of :mod:`fastdiff.samplers`,
+  run by the step loop of :mod:`fastdiff.samplers.loop` (C++ when ``fastdiff._C`` is built)
 """
 
-from fastdiff import schedules, transitions
+from fastdiff import likelihood, samplers, schedules, transitions
 from fastdiff.backend import get_backend, register_kernel, set_backend, use_backend
 from fastdiff.checks import set_value_checks, value_checks
 from fastdiff.d3pm import d3pm_hybrid_loss, d3pm_posterior, d3pm_posterior_logits, d3pm_step
@@ -27,6 +30,7 @@ from fastdiff.gaussian import (
     round_to_embedding,
 )
 from fastdiff.losses import (
+    concrete_score_matching,
     linear_masked_diffusion_loss,
     linear_score_entropy,
     masked_diffusion_loss,
@@ -34,6 +38,21 @@ from fastdiff.losses import (
     score_entropy,
 )
 from fastdiff.noising import corrupt, corrupt_dense
+from fastdiff.samplers import (
+    ConfidenceScheduler,
+    D3PMScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    MDLMScheduler,
+    SampleOutput,
+    SchedulerOutput,
+    SEDDAnalyticScheduler,
+    SEDDEulerScheduler,
+    infill_mask,
+    prefix_mask,
+    sample,
+)
+from fastdiff.samplers.loop import LoopResult, StepLoop, run_loop
 from fastdiff.sampling import sample_categorical
 from fastdiff.unmasking import confidence_unmask_step, select_commits, unmask_quota
 from fastdiff.updates import (
@@ -47,9 +66,21 @@ from fastdiff.updates import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfidenceScheduler",
+    "D3PMScheduler",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "LoopResult",
+    "MDLMScheduler",
     "QSample",
+    "SEDDAnalyticScheduler",
+    "SEDDEulerScheduler",
+    "SampleOutput",
+    "SchedulerOutput",
+    "StepLoop",
     "__version__",
     "classifier_free_guidance",
+    "concrete_score_matching",
     "confidence_unmask_step",
     "corrupt",
     "corrupt_dense",
@@ -62,14 +93,20 @@ __all__ = [
     "gaussian_loss",
     "get_backend",
     "guided_logits",
+    "infill_mask",
+    "likelihood",
     "linear_masked_diffusion_loss",
     "linear_score_entropy",
     "masked_diffusion_loss",
     "mdlm_step",
+    "prefix_mask",
     "q_sample",
     "register_kernel",
     "round_to_embedding",
+    "run_loop",
+    "sample",
     "sample_categorical",
+    "samplers",
     "scale_by_sigma",
     "schedules",
     "score_entropy",

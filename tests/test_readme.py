@@ -26,12 +26,22 @@ def test_readme_python_examples_run(monkeypatch):
     assert namespace["loss"].ndim == 0 and namespace["log_score"].grad is not None
 
 
-def test_readme_main_job_installs_what_fastdiff_bench_imports():
-    """The main-job command must install the extra that brings the bench's progress bar and
-    plot; a bare ``pip install -e .`` left them out once."""
+def _command(heading: str) -> str:
     text = README.read_text()
-    main_job = text.split("**Run the main job**", 1)[1].split("```bash\n", 1)[1].split("```")[0]
-    assert 'pip install -e ".[bench]"' in main_job and "fastdiff bench --quick" in main_job
+    return text.split(heading, 1)[1].split("```bash\n", 1)[1].split("```")[0].strip()
+
+
+def test_readme_main_job_installs_what_fastdiff_demo_imports():
+    """The main-job command must install the extra that brings the demo's progress bar and
+    plot (a bare ``pip install -e .`` left them out once) and build against the installed
+    torch (no build isolation: an isolated build cannot see it)."""
+    main_job = _command("**Run the main job**")
+    assert '--no-build-isolation -e ".[bench]"' in main_job and main_job.endswith("fastdiff demo")
     pyproject = (README.parent / "pyproject.toml").read_text()
     bench_extra = re.search(r"^bench = \[(.*)\]$", pyproject, flags=re.M)
     assert bench_extra and '"tqdm"' in bench_extra[1] and '"matplotlib"' in bench_extra[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1].strip() == _command("**Run the tests**")
