@@ -16,8 +16,9 @@ updates (``sedd_euler``, ``sedd_analytic``, ``sedd_denoise``, ``mdlm_ancestral``
 ``gaussian_loss``, :mod:`~fastdiff.kernels.gaussian`; ``ddpm_step``, ``ddim_step``,
 :mod:`~fastdiff.kernels.gaussian_steps`; ``round_to_embedding``,
 :mod:`~fastdiff.kernels.gaussian_round`) and concrete score matching
-(``concrete_score_matching_absorb``, ``concrete_score_matching_uniform``,
-:mod:`~fastdiff.kernels.concrete_score`).
+(``concrete_score_matching_absorb``, ``concrete_score_matching_uniform``: kernels in
+:mod:`~fastdiff.kernels.concrete_score`, registered with the other losses in
+:mod:`~fastdiff.kernels.fused_loss`).
 """
 
 from fastdiff.kernels import (  # noqa: F401  (importing registers the kernels)

@@ -1,5 +1,6 @@
 """The custom op behind every fused loss kernel, and the kernels registered for the public
-losses: ``score_entropy_absorb``, ``score_entropy_uniform`` and ``masked_diffusion_loss``.
+losses: ``score_entropy_absorb``, ``score_entropy_uniform``, ``masked_diffusion_loss`` and
+``concrete_score_matching_absorb`` / ``_uniform``.
 
 ``fastdiff::fused_loss`` returns the weighted per-row loss ``[N]`` (fp32) and, when asked,
 the gradient ``d loss_i / d scores_i`` ``[N, V]`` (input dtype) computed in the same pass: the
@@ -15,13 +16,25 @@ from typing import Optional
 import torch
 
 from fastdiff.backend import register_kernel
+from fastdiff.kernels.concrete_score import (
+    absorb_targets,
+    launch_csm_absorb,
+    launch_csm_uniform,
+    uniform_targets,
+)
 from fastdiff.kernels.launch import block_size, new_output
 from fastdiff.kernels.masked_diffusion import launch_mdlm
 from fastdiff.kernels.score_entropy import launch_absorb, launch_uniform
 from fastdiff.reference import losses as ref
 from fastdiff.reference.losses import absorb_const, log_expm1, uniform_const, uniform_ratio
 
-_LAUNCHERS = {"absorb": launch_absorb, "uniform": launch_uniform, "mdlm": launch_mdlm}
+_LAUNCHERS = {
+    "absorb": launch_absorb,
+    "uniform": launch_uniform,
+    "mdlm": launch_mdlm,
+    "csm_absorb": launch_csm_absorb,
+    "csm_uniform": launch_csm_uniform,
+}
 
 
 @torch.library.custom_op("fastdiff::fused_loss", mutates_args=())
@@ -36,8 +49,8 @@ def fused_loss(
     need_grad: bool,
     block_v: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``kind`` in {absorb, uniform, mdlm}; ``coef`` ``[k, N]`` fp32 per-row constants;
-    ``weight`` ``[N]`` fp32 or None; ``block_v`` 0 picks the block size. Returns
+    """``kind`` in {absorb, uniform, mdlm, csm_absorb, csm_uniform}; ``coef`` ``[k, N]`` fp32
+    per-row constants; ``weight`` ``[N]`` fp32 or None; ``block_v`` 0 picks the block size. Returns
     ``(loss [N] fp32, grad [N, V] or [0, V])``."""
     n, vocab = scores.shape
     loss = new_output((n,), torch.float32, scores.device)
@@ -202,3 +215,37 @@ def masked_diffusion_loss(
         return ref.masked_diffusion_loss(logits, x_t, x0, mask_id, weight)
     coef = torch.empty((0, x_t.shape[0]), device=logits.device)
     return _run("mdlm", logits, x_t, x0, coef, weight, mask_id, block_v)
+
+
+@register_kernel("concrete_score_matching_absorb")
+def concrete_score_matching_absorb(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    mask_id: int,
+    weight: torch.Tensor | None = None,
+    *,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.losses.concrete_score_matching_absorb` (fp32)."""
+    if use_reference(log_score, sigma):
+        return ref.concrete_score_matching_absorb(log_score, x_t, x0, sigma, mask_id, weight)
+    return _run("csm_absorb", log_score, x_t, x0, absorb_targets(sigma), weight, mask_id, block_v)
+
+
+@register_kernel("concrete_score_matching_uniform")
+def concrete_score_matching_uniform(
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    block_v: int = 0,
+) -> torch.Tensor:
+    """Kernel for :func:`fastdiff.reference.losses.concrete_score_matching_uniform` (fp32)."""
+    if use_reference(log_score, sigma):
+        return ref.concrete_score_matching_uniform(log_score, x_t, x0, sigma, weight)
+    coef = uniform_targets(sigma, log_score.shape[-1])
+    return _run("csm_uniform", log_score, x_t, x0, coef, weight, -1, block_v)

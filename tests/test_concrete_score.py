@@ -29,7 +29,7 @@ from fastdiff.reference import losses as ref
 if not backend.triton_available():
     pytest.fail("triton must be importable for the kernel tests (it is a dependency on Linux)")
 
-from fastdiff.kernels import concrete_score, launch
+from fastdiff.kernels import concrete_score, fused_loss, launch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -192,11 +192,11 @@ def _case(draw, vocab, n, dtype, graph):
 
 def _check_kernel(graph, scores, x_t, x0, sigma, weight, mask_id, dtype):
     vocab = scores.shape[1]
-    kernel = concrete_score.concrete_score_matching_absorb
+    kernel = fused_loss.concrete_score_matching_absorb
     reference = ref.concrete_score_matching_absorb
     extra = (mask_id,)
     if graph == "uniform":
-        kernel = concrete_score.concrete_score_matching_uniform
+        kernel = fused_loss.concrete_score_matching_uniform
         reference = ref.concrete_score_matching_uniform
         extra = ()
     s_k = scores.to(DEVICE).requires_grad_(True)
@@ -292,13 +292,13 @@ def test_opcheck_and_no_gradient_buffer_without_requires_grad():
     x0 = torch.tensor([0, 1, 0, 2, 1], device=DEVICE)
     sigma = torch.rand(5) + 0.1
     for kind, coef in (
-        ("absorb", concrete_score.absorb_targets(sigma)),
-        ("uniform", concrete_score.uniform_targets(sigma, 24)),
+        ("csm_absorb", concrete_score.absorb_targets(sigma)),
+        ("csm_uniform", concrete_score.uniform_targets(sigma, 24)),
     ):
         args = (scores, x_t, x0, coef.to(DEVICE), torch.rand(5, device=DEVICE), kind, 3, True, 16)
-        torch.library.opcheck(torch.ops.fastdiff.concrete_score.default, args)
-    loss, grad = torch.ops.fastdiff.concrete_score(
-        scores.detach(), x_t, x0, coef.to(DEVICE), None, "uniform", -1, False, 0
+        torch.library.opcheck(torch.ops.fastdiff.fused_loss.default, args)
+    loss, grad = torch.ops.fastdiff.fused_loss(
+        scores.detach(), x_t, x0, coef.to(DEVICE), None, "csm_uniform", -1, False, 0
     )
     assert loss.shape == (5,) and grad.shape == (0, 24)
 
