@@ -67,6 +67,45 @@ def _check_token_pair(x_t: torch.Tensor, x0: torch.Tensor, vocab: int, mask_id: 
     return m
 
 
+def _graph_loss(
+    op: str,
+    log_score: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: float | torch.Tensor,
+    graph: str,
+    mask_id: int | None,
+    weight: float | torch.Tensor | None,
+    ignore: torch.Tensor | None,
+    reduction: str,
+) -> torch.Tensor:
+    """Checks, flattening, dispatch and reduction shared by the losses of a graph's ratios
+    (:func:`score_entropy`, :func:`concrete_score_matching`): runs ``{op}_absorb`` /
+    ``{op}_uniform`` (the reference functions of those names, or their kernels)."""
+    graph = checks.graph(graph)
+    reduction = checks.reduction(reduction)
+    x_t = checks.tokens("x_t", x_t)
+    vocab = checks.scores("log_score", log_score, x_t)
+    x0 = checks.tokens("x0", x0, x_t.shape)
+    device = checks.same_device(log_score=log_score, x_t=x_t, x0=x0)
+    batch_shape = x_t.shape
+    ignore = checks.bool_mask("ignore", ignore, batch_shape)
+    m = _check_token_pair(
+        x_t, x0, vocab, checks.mask_id(mask_id, vocab) if graph == "absorb" else None
+    )
+    checks.finite("log_score", log_score, allow_neg_inf=True)
+    dtype = ref.compute_dtype(log_score.dtype)
+    sig = checks.per_position(
+        "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
+    )
+    w = _row_weight(weight, ignore, batch_shape, device, dtype)
+    flat = (log_score.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), sig.reshape(-1))
+    name = f"{op}_{graph}"
+    impl = backend.resolve(name, getattr(ref, name), device)
+    loss = impl(*flat, m, w) if graph == "absorb" else impl(*flat, w)
+    return _reduce(loss, batch_shape, ignore, reduction)
+
+
 def score_entropy(
     log_score: torch.Tensor,
     x_t: torch.Tensor,
@@ -102,31 +141,9 @@ def score_entropy(
     the input's dtype; in fp16 it overflows where ``|weight (S_j - r)|`` passes 65504 (absorbing
     graph at sigma below about 1.5e-5), so train in bf16 or fp32 when sigma gets that small.
     """
-    graph = checks.graph(graph)
-    reduction = checks.reduction(reduction)
-    x_t = checks.tokens("x_t", x_t)
-    vocab = checks.scores("log_score", log_score, x_t)
-    x0 = checks.tokens("x0", x0, x_t.shape)
-    device = checks.same_device(log_score=log_score, x_t=x_t, x0=x0)
-    batch_shape = x_t.shape
-    ignore = checks.bool_mask("ignore", ignore, batch_shape)
-    m = _check_token_pair(
-        x_t, x0, vocab, checks.mask_id(mask_id, vocab) if graph == "absorb" else None
+    return _graph_loss(
+        "score_entropy", log_score, x_t, x0, sigma, graph, mask_id, weight, ignore, reduction
     )
-    checks.finite("log_score", log_score, allow_neg_inf=True)
-    dtype = ref.compute_dtype(log_score.dtype)
-    sig = checks.per_position(
-        "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
-    )
-    w = _row_weight(weight, ignore, batch_shape, device, dtype)
-    flat = (log_score.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), sig.reshape(-1))
-    if graph == "absorb":
-        impl = backend.resolve("score_entropy_absorb", ref.score_entropy_absorb, device)
-        loss = impl(*flat, m, w)
-    else:
-        impl = backend.resolve("score_entropy_uniform", ref.score_entropy_uniform, device)
-        loss = impl(*flat, w)
-    return _reduce(loss, batch_shape, ignore, reduction)
 
 
 def masked_diffusion_loss(
@@ -360,32 +377,15 @@ def concrete_score_matching(
     ``1/sigma^2`` at small sigma (and ``S^2`` overflows fp32 for log-scores above 44): the
     reason SEDD prefers score entropy.
     """
-    graph = checks.graph(graph)
-    reduction = checks.reduction(reduction)
-    x_t = checks.tokens("x_t", x_t)
-    vocab = checks.scores("log_score", log_score, x_t)
-    x0 = checks.tokens("x0", x0, x_t.shape)
-    device = checks.same_device(log_score=log_score, x_t=x_t, x0=x0)
-    batch_shape = x_t.shape
-    ignore = checks.bool_mask("ignore", ignore, batch_shape)
-    m = _check_token_pair(
-        x_t, x0, vocab, checks.mask_id(mask_id, vocab) if graph == "absorb" else None
+    return _graph_loss(
+        "concrete_score_matching",
+        log_score,
+        x_t,
+        x0,
+        sigma,
+        graph,
+        mask_id,
+        weight,
+        ignore,
+        reduction,
     )
-    checks.finite("log_score", log_score, allow_neg_inf=True)
-    dtype = ref.compute_dtype(log_score.dtype)
-    sig = checks.per_position(
-        "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
-    )
-    w = _row_weight(weight, ignore, batch_shape, device, dtype)
-    flat = (log_score.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), sig.reshape(-1))
-    if graph == "absorb":
-        impl = backend.resolve(
-            "concrete_score_matching_absorb", ref.concrete_score_matching_absorb, device
-        )
-        loss = impl(*flat, m, w)
-    else:
-        impl = backend.resolve(
-            "concrete_score_matching_uniform", ref.concrete_score_matching_uniform, device
-        )
-        loss = impl(*flat, w)
-    return _reduce(loss, batch_shape, ignore, reduction)
