@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fastdiff.bench import command
+from fastdiff.cli_support import execute
 from fastdiff.demo import command as demo
 
 
@@ -31,4 +32,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fastdiff`` console script; returns the exit status."""
-    return command.execute(build_parser(), argv, ["fastdiff"])
+    return execute(build_parser(), argv, ["fastdiff"])

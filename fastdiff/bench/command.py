@@ -21,6 +21,7 @@ import torch
 
 from fastdiff.bench import cases, peak, report, runner
 from fastdiff.bench.shapes import CPU_DTYPES, DTYPES, GPU_DTYPES, TIERS, dtype_name, parse_shape
+from fastdiff.cli_support import execute, parser_text
 
 PROVIDER_CHOICES = (*cases.CORE_PROVIDERS, "baseline", *cases.BASELINE_STYLES)
 DEFAULT_OUT = Path("benchmarks") / "results"
@@ -206,25 +207,7 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     return 0
 
 
-def execute(parser: argparse.ArgumentParser, argv: list[str] | None, prefix: list[str]) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) and call the chosen ``handler``; ``prefix`` +
-    ``argv`` is the command line recorded in the JSON. Bad values (an unknown op, shape or
-    result file) end as usage errors."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.command_line = [*prefix, *argv]
-    try:
-        return args.handler(args)
-    except ValueError as err:
-        parser.error(str(err))
-
-
-DESCRIPTION, EPILOG = __doc__.split("\n\n", 1)
-PARSER_TEXT = {
-    "description": DESCRIPTION,
-    "epilog": EPILOG,
-    "formatter_class": argparse.RawDescriptionHelpFormatter,
-}
+PARSER_TEXT = parser_text(__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from fastdiff import checks
+from fastdiff.cli_support import execute, parser_text
 from fastdiff.demo import corpus, objectives, report, train
 from fastdiff.demo.model import ModelConfig
 
@@ -313,21 +313,7 @@ def _finish(
     print(f"checkpoint: {args.out / 'checkpoint.pt'}")
 
 
-def execute(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run; bad values end as usage errors."""
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return args.handler(args)
-    except ValueError as err:
-        parser.error(str(err))
-
-
-DESCRIPTION, EPILOG = __doc__.split("\n\n", 1)
-PARSER_TEXT = {
-    "description": DESCRIPTION,
-    "epilog": EPILOG,
-    "formatter_class": argparse.RawDescriptionHelpFormatter,
-}
+PARSER_TEXT = parser_text(__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,4 +321,4 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastdiff.demo", **PARSER_TEXT)
     add_arguments(parser)
     parser.set_defaults(handler=run)
-    return execute(parser, argv)
+    return execute(parser, argv, ["python", "-m", "fastdiff.demo"])
