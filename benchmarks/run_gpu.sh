@@ -7,6 +7,8 @@
 #   bash benchmarks/run_gpu.sh sampling   # fastdiff bench: sampling steps at N=16384, V=50258
 #   bash benchmarks/run_gpu.sh memory     # fused projection + loss vs projection-then-kernel
 #   bash benchmarks/run_gpu.sh gaussian   # q_sample, DDPM / DDIM, loss, rounding (bf16, fp32)
+#   bash benchmarks/run_gpu.sh steploop   # demo transformer: time per step of each step-loop
+#                                         #   engine vs its eager / graph-replayed forward
 # Results (JSON + PNG) go to $OUT when set (the device tool returns it), else benchmarks/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +50,7 @@ if [[ "$stage" == gaussian || "$stage" == all ]]; then
 fi
 if [[ "$stage" == memory || "$stage" == all ]]; then
     python -m benchmarks.fused_linear_memory --out "$OUT"
+fi
+if [[ "$stage" == steploop || "$stage" == all ]]; then
+    python -m benchmarks.step_loop_gpu --out "$OUT"
 fi
