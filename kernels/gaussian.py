@@ -89,6 +89,7 @@ def _q_sample_kernel(
     seed_ptr,
     N,
     H,
+    V,
     offset_lo,
     offset_hi,
     GATHER: tl.constexpr,
@@ -103,9 +104,14 @@ def _q_sample_kernel(
     c_x0 = tl.sqrt(abar).to(tl.float32)[:, None]
     c_eps = tl.sqrt(1.0 - abar).to(tl.float32)[:, None]
     if GATHER:
-        src_rows = tl.load(ids_ptr + rows, mask=row_ok, other=0) * H
+        # an id outside [0, V) (value checks off) reads nothing and gives NaN rows
+        ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
+        id_ok = (ids >= 0) & (ids < V)
+        src_rows = tl.where(id_ok, ids, 0) * H
+        row_ok_src = row_ok & id_ok
     else:
         src_rows = rows * H
+        row_ok_src = row_ok
     if HAS_FIXED:
         fixed = (tl.load(fixed_ptr + rows, mask=row_ok, other=0) != 0)[:, None]
     if not HAS_NOISE:
@@ -114,7 +120,11 @@ def _q_sample_kernel(
         cols = start + offs
         inside = row_ok[:, None] & (cols < H)[None, :]
         at = rows[:, None] * H + cols[None, :]
-        x0 = tl.load(src_ptr + src_rows[:, None] + cols[None, :], mask=inside, other=0.0)
+        x0 = tl.load(
+            src_ptr + src_rows[:, None] + cols[None, :],
+            mask=row_ok_src[:, None] & (cols < H)[None, :],
+            other=float("nan"),
+        )
         if HAS_NOISE:
             eps = tl.load(noise_ptr + at, mask=inside, other=0.0)
         else:  # the reference rounds the draw to the dtype of x0 before using it
@@ -167,6 +177,7 @@ def q_sample_op(
             seed,
             n,
             h,
+            source.shape[0],
             *split_offset(offset),
             GATHER=ids is not None,
             HAS_NOISE=noise is not None,

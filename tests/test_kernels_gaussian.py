@@ -464,6 +464,20 @@ def test_bad_token_ids_are_rejected_before_the_kernel() -> None:
         fastdiff.q_sample(torch.tensor([0, 5], device=DEVICE), 0.5, embedding=emb, seed=0)
 
 
+def test_bad_token_ids_never_read_outside_the_table_without_value_checks() -> None:
+    """With value checks off (compile, CUDA-graph capture) nothing rejects a bad id: the kernel
+    must not read outside the table; such rows come out NaN, the others as with checks on."""
+    emb = randn(5, 16, seed=1)
+    ids = torch.tensor([0, 4, 7, 5, -1, 1_000_000, 2], device=DEVICE)
+    good = torch.tensor([True, True, False, False, False, False, True], device=DEVICE)
+    with fastdiff.use_backend("triton"), fastdiff.value_checks(False):
+        out = fastdiff.q_sample(ids, 0.5, embedding=emb, seed=0)
+    with fastdiff.use_backend("triton"):
+        want = fastdiff.q_sample(ids[good], 0.5, embedding=emb, seed=0)
+    assert out.x_t[~good].isnan().all() and not out.x_t[good].isnan().any()
+    assert torch.equal(out.x0[good], want.x0) and torch.equal(out.x0[good], emb[ids[good]])
+
+
 # --------------------------------------------------------------------------------------------
 # custom ops: schema, fake tensors, autograd, torch.compile
 # --------------------------------------------------------------------------------------------
