@@ -2,14 +2,17 @@
 
 Text becomes tokens ``0..255`` (its UTF-8 bytes); the demo's vocabulary adds one mask token,
 ``MASK_ID = 256`` (``V = 257``). The default corpus is the ``.py`` files under the running
-interpreter's ``sysconfig.get_paths()["stdlib"]`` (test suites, ``site-packages`` and IDLE
-left out), read in sorted path order until ``DEFAULT_BYTES`` are collected: no download, and
-the same bytes for every run of the same interpreter. ``--corpus`` replaces it with the
-user's files (directories are read recursively, in sorted order).
+interpreter's ``sysconfig.get_paths()["stdlib"]`` (test suites, ``site-packages``, IDLE and
+the near-identical codec tables of ``encodings`` left out), read in sorted path order until
+``DEFAULT_BYTES`` are collected: no download, and the same bytes for every run of the same
+interpreter. ``--corpus`` replaces it with the user's files (directories are read
+recursively, in sorted order).
 
-The split is fixed: the byte stream is cut into ``CHUNK``-byte chunks and every
-``HELDOUT_EVERY``-th chunk (the last of each group) is held out, so held-out text is spread
-over the whole corpus and never seen in training.
+The split is fixed and by whole files: every ``HELDOUT_EVERY``-th file (the last of each
+group) is held out, so held-out text is spread over the whole corpus and a held-out file is
+never seen, in part or whole, in training. A corpus of fewer files is split by
+``CHUNK``-byte chunks of its byte stream instead (the last chunk of each group of
+``HELDOUT_EVERY``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ MASK_ID = 256
 DEFAULT_BYTES = 4 << 20
 CHUNK = 1 << 14
 HELDOUT_EVERY = 20
-_SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__"}
+_SKIP_PARTS = {
+    "test",
+    "tests",
+    "idlelib",
+    "site-packages",
+    "lib2to3",
+    "__pycache__",
+    "encodings",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,18 +78,27 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _read(files: list[Path], limit: int | None) -> tuple[bytes, int]:
+def _read(files: list[Path], limit: int | None) -> list[bytes]:
+    """The non-empty files' bytes (each ending in a newline), in order, until ``limit`` bytes
+    are collected (the last file cut at the limit)."""
     parts: list[bytes] = []
     total = 0
     for f in files:
         data = f.read_bytes()
         if not data:
             continue
-        parts.append(data if data.endswith(b"\n") else data + b"\n")
-        total += len(parts[-1])
-        if limit is not None and total >= limit:
+        data = data if data.endswith(b"\n") else data + b"\n"
+        if limit is not None and total + len(data) >= limit:
+            parts.append(data[: limit - total])
             break
-    return b"".join(parts)[:limit], len(parts)
+        parts.append(data)
+        total += len(data)
+    return parts
+
+
+def _tokens(data: bytes) -> Tensor:
+    """Bytes as uint8 tokens ``[n]`` (a copy: the tensor owns its memory)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def split(stream: bytes, min_len: int) -> tuple[Tensor, Tensor]:
@@ -87,7 +107,7 @@ def split(stream: bytes, min_len: int) -> tuple[Tensor, Tensor]:
     A stream with fewer than ``HELDOUT_EVERY`` chunks holds out its last ``1/HELDOUT_EVERY``.
     Both parts must hold at least ``min_len`` tokens (one training window).
     """
-    tokens = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    tokens = _tokens(stream)
     n = tokens.numel()
     if n // CHUNK >= HELDOUT_EVERY:
         chunk_id = torch.arange(n) // CHUNK
@@ -104,6 +124,22 @@ def split(stream: bytes, min_len: int) -> tuple[Tensor, Tensor]:
     return train.clone(), heldout.clone()
 
 
+def split_files(parts: list[bytes], min_len: int) -> tuple[Tensor, Tensor]:
+    """The fixed train / held-out token streams of a list of files (module docstring): whole
+    files held out when there are at least ``HELDOUT_EVERY`` of them, else :func:`split`."""
+    if len(parts) < HELDOUT_EVERY:
+        return split(b"".join(parts), min_len)
+    held = [i % HELDOUT_EVERY == HELDOUT_EVERY - 1 for i in range(len(parts))]
+    train = b"".join(p for p, h in zip(parts, held) if not h)
+    heldout = b"".join(p for p, h in zip(parts, held) if h)
+    if min(len(train), len(heldout)) < min_len:
+        raise ValueError(
+            f"the corpus has {len(train) + len(heldout)} bytes: too small for windows of "
+            f"{min_len} tokens"
+        )
+    return _tokens(train), _tokens(heldout)
+
+
 def load(paths: list[Path] | None, min_len: int, limit: int | None = DEFAULT_BYTES) -> Corpus:
     """The corpus of ``paths`` (files or directories), or the standard library's source when
     ``paths`` is empty; at most ``limit`` bytes (``None``: no limit)."""
@@ -113,9 +149,9 @@ def load(paths: list[Path] | None, min_len: int, limit: int | None = DEFAULT_BYT
     else:
         files = stdlib_files()
         source = f"Python standard library ({sysconfig.get_paths()['stdlib']})"
-    stream, count = _read(files, limit)
-    train, heldout = split(stream, min_len)
-    return Corpus(train, heldout, source, count)
+    parts = _read(files, limit)
+    train, heldout = split_files(parts, min_len)
+    return Corpus(train, heldout, source, len(parts))
 
 
 def shard(stream: Tensor, rank: int, world: int) -> Tensor:
