@@ -258,6 +258,13 @@ def test_cli_resume_continues_and_checks_the_objective(tmp_path):
     assert [s for s, _ in second["history"]] == list(range(8))
     assert second["settings"]["resumed_from"] == str(ckpt)
     assert second["heldout"]["untrained"] == first["heldout"]["untrained"]
+    # the resumed run keeps its own settings unless told otherwise: seed 7 and lr 3e-3 given
+    # at the start and not repeated at --resume still hold (a changed seed would change data)
+    a = _demo(tmp_path / "s", *TINY, *QUICK, "--steps", "4", "--seed", "7", "--lr", "3e-3")
+    b = _demo(tmp_path / "t", *TINY, *QUICK, "--resume", str(tmp_path / "s" / "checkpoint.pt"))
+    c = _demo(tmp_path / "u", *TINY, *QUICK, "--steps", "4", "--seed", "7", "--lr", "3e-3")
+    assert b["settings"]["seed"] == 7 and b["settings"]["lr"] == 3e-3
+    assert b["settings"]["steps"] == 4 and b["history"] == a["history"] == c["history"]
     with pytest.raises(SystemExit):
         command.main(["--out", str(tmp_path / "c"), *TINY, *QUICK, "--loss", "absorb",
                       "--resume", str(ckpt)])  # fmt: skip

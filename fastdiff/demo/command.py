@@ -98,7 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="your own text files or directories (default: the Python standard library's source)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, help="seed of everything (default: 0, or the resumed run's)"
+    )
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -116,9 +118,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _settings(args: argparse.Namespace, device: torch.device) -> dict:
-    """``args`` with the device's defaults filled in, checked."""
+def _settings(args: argparse.Namespace, device: torch.device, saved: dict | None = None) -> dict:
+    """``args`` with the defaults filled in, checked: a resumed run's own settings (``saved``)
+    where it has them, else the device's defaults. Sets ``args.seed`` the same way."""
     table = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    table = {**table, **{k: v for k, v in (saved or {}).items() if k in table}}
+    if args.seed is None:
+        args.seed = int((saved or {}).get("seed", 0))
     out = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in table.items()}
     for k, v in out.items():
         if v <= 0:
@@ -143,15 +149,19 @@ def run(args: argparse.Namespace) -> int:
         train.teardown_distributed()
 
 
+def _saved_settings(ckpt: dict) -> dict:
+    """The settings a checkpoint's run used (older checkpoints: those of its train config)."""
+    keys = ("steps", "batch_size", "lr", "seed")
+    return ckpt.get("settings") or {k: ckpt["train_config"][k] for k in keys}
+
+
 def _say(rank: train.Dist, *lines: str) -> None:
     if rank.main:
         print(*lines, sep="\n", flush=True)
 
 
 def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
-    s = _settings(args, rank.device)
     objective = objectives.get(args.loss)
-    model_cfg = ModelConfig(objective.vocab_size, s["seq_len"], s["dim"], s["depth"], s["heads"])
     ckpt = None
     if args.resume is not None:
         ckpt = train.load_checkpoint(args.resume, rank.device)
@@ -160,6 +170,9 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
                 f"--resume {args.resume}: checkpoint of the {ckpt['objective']!r} objective, "
                 f"not {objective.name!r} (pass --loss {ckpt['objective']})"
             )
+    s = _settings(args, rank.device, None if ckpt is None else _saved_settings(ckpt))
+    model_cfg = ModelConfig(objective.vocab_size, s["seq_len"], s["dim"], s["depth"], s["heads"])
+    if ckpt is not None:
         model_cfg = ModelConfig(**ckpt["model_config"])
         s.update(seq_len=model_cfg.max_len, dim=model_cfg.dim)
         s.update(depth=model_cfg.depth, heads=model_cfg.heads)
@@ -204,7 +217,9 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
 
     def checkpoint(st: train.State) -> None:
         if rank.main:
-            train.save_checkpoint(checkpoint_path, st, model_cfg, cfg, objective.name)
+            train.save_checkpoint(
+                checkpoint_path, st, model_cfg, cfg, objective.name, {**s, "seed": args.seed}
+            )
 
     with checks.value_checks(rank.device.type != "cuda"):
         train.train(

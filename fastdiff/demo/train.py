@@ -68,6 +68,9 @@ def setup_distributed(device: str) -> Dist:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here")
     if world <= 1:
+        if dev.type == "cuda" and dev.index is not None:
+            # Triton launches on the current device: make it the one the tensors live on
+            torch.cuda.set_device(dev)
         return Dist(0, 1, dev)
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -129,9 +132,15 @@ def build(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Sta
 
 
 def save_checkpoint(
-    path: Path, state: State, model_cfg: ModelConfig, cfg: TrainConfig, objective: str
+    path: Path,
+    state: State,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    objective: str,
+    settings: dict | None = None,
 ) -> None:
-    """Write the checkpoint atomically (a temporary file renamed over ``path``)."""
+    """Write the checkpoint atomically (a temporary file renamed over ``path``); ``settings``
+    (the run's command-line settings) are what ``--resume`` continues with."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
@@ -144,6 +153,7 @@ def save_checkpoint(
             "model_config": dataclasses.asdict(model_cfg),
             "train_config": dataclasses.asdict(cfg),
             "objective": objective,
+            "settings": dict(settings or {}),
         },
         tmp,
     )
