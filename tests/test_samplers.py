@@ -753,3 +753,130 @@ def test_cuda_graph_replay_gives_the_eager_tokens(method):
     eager = sample(den, (64, L), loop="python", **kw)
     graphed = sample(den, (64, L), loop="cuda_graph", **kw)
     assert torch.equal(eager, graphed)
+
+
+def _zero_logits(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(*x.shape, V)
+
+
+@pytest.mark.parametrize("engine", ["python", "cpp"])
+def test_mdlm_last_step_unmasks_all_when_sigma0_is_positive(engine):
+    """Geometric has sigma(0) = 0.1 > 0: the last step must still end at sigma = 0 (before the
+    fix ~9.5% of the positions stayed masked)."""
+    schedule = fastdiff.schedules.Geometric(0.1, 20)
+    kw = dict(method="mdlm", steps=16, vocab_size=V, mask_id=M, schedule=schedule, seed=0)
+    out = sample(_zero_logits, (16, 512), loop=engine, **kw)
+    assert not bool((out == M).any())
+    sched = MDLMScheduler(V, mask_id=M, schedule=schedule)
+    sched.set_timesteps(4)
+    assert float(sched._sigma[-1]) == 0.0
+    x = sched.init_sample((4, 64), seed=1)
+    for t in sched.timesteps:
+        x = sched.step(_zero_logits(x, t.expand(4)), t, x, seed=1).prev_sample
+    assert not bool((x == M).any())
+
+
+@pytest.mark.parametrize("method", ["sedd_euler", "sedd_analytic"])
+def test_sedd_rejects_an_infinite_maximum_noise(method):
+    with pytest.raises(ValueError, match="finite maximum noise"):
+        sample(
+            sedd_absorb_denoiser,
+            (2, L),
+            method=method,
+            steps=4,
+            vocab_size=V,
+            mask_id=M,
+            schedule=fastdiff.schedules.LinearAlpha(),
+        )
+
+
+def _nan_method_kwargs(method):
+    if method == "d3pm":
+        tables = TransitionSchedule.from_betas([0.3] * 4, "absorbing", V, mask_id=M)
+        return (2, L), dict(schedule=tables, mask_id=M), V
+    if method == "ddim":
+        return (2, L, 3), dict(schedule=GaussianSchedule.linear(10)), 3
+    return (2, L), dict(vocab_size=V, mask_id=M), V
+
+
+@pytest.mark.parametrize("engine", ["python", "cpp"])
+@pytest.mark.parametrize("method", ["mdlm", "sedd_euler", "d3pm", "ddim"])
+def test_nan_model_output_is_an_error(method, engine):
+    shape, kw, width = _nan_method_kwargs(method)
+
+    def den(x, t):
+        out = torch.zeros(*x.shape[:2], width)
+        out[1, 2] = math.nan
+        return out
+
+    with pytest.raises(ValueError, match="denoiser output contains NaN"):
+        sample(den, shape, method=method, steps=4, seed=0, loop=engine, **kw)
+    with fastdiff.value_checks(False):  # the checks are off: no error (garbage out)
+        sample(den, shape, method=method, steps=4, seed=0, loop=engine, **kw)
+
+
+@pytest.mark.parametrize("engine", ["python", "cpp"])
+def test_check_every_same_tokens_steps_rounded_up(engine):
+    steps = 12
+    kw = dict(method="confidence", steps=steps, vocab_size=V, mask_id=M, threshold=0.99, seed=2)
+    base = sample(logits_denoiser(), (8, L), loop=engine, return_trajectory=True, **kw)
+    assert base.steps_run == L  # no confidence >= 0.99: one commit (the best) per step
+    for k in (2, 3, 5, 20):
+        got = sample(
+            logits_denoiser(), (8, L), loop=engine, return_trajectory=True, check_every=k, **kw
+        )
+        assert torch.equal(got.tokens, base.tokens), k
+        assert got.steps_run == min(steps, -(-base.steps_run // k) * k), k
+    with pytest.raises(ValueError, match="check_every must be >= 1"):
+        sample(logits_denoiser(), (8, L), check_every=0, **kw)
+    with pytest.raises(TypeError, match="check_every must be an int"):
+        sample(logits_denoiser(), (8, L), check_every=2.0, **kw)
+
+
+@pytest.mark.parametrize(
+    "schedule", [fastdiff.schedules.LinearAlpha(), fastdiff.schedules.CosineAlpha()]
+)
+def test_confidence_accepts_schedules_with_infinite_sigma1(schedule):
+    sched = ConfidenceScheduler(V, mask_id=M, schedule=schedule)
+    sched.set_timesteps(4)
+    assert bool(torch.isfinite(sched.timesteps).all())
+    assert float(sched.timesteps[0]) > float(sched.timesteps[1]) > 0
+    kw = dict(method="confidence", steps=4, vocab_size=V, mask_id=M, seed=3, loop="python")
+    got = sample(logits_denoiser(), (16, L), schedule=schedule, **kw)
+    assert not bool((got == M).any())
+    # the update ignores sigma: a time-independent model gives the default schedule's tokens
+    assert torch.equal(got, sample(logits_denoiser(), (16, L), **kw))
+
+
+@pytest.mark.parametrize("engine", ["python", "cpp"])
+def test_d3pm_absorbing_chain_exits_early(engine):
+    """No noise in steps 1..6: every position is unmasked on reaching t = 6, so the last 6
+    steps are no-ops, skipped by the early exit with the same tokens."""
+    tables = TransitionSchedule.from_betas([0.0] * 6 + [0.5] * 6, "absorbing", V, mask_id=M)
+    assert D3PMScheduler(tables, mask_id=M).absorbing
+    uniform = TransitionSchedule.from_betas([0.3] * 4, "uniform", V)
+    assert not D3PMScheduler(uniform, mask_id=M).absorbing
+    assert not D3PMScheduler(tables).absorbing
+    kw = dict(method="d3pm", steps=12, schedule=tables, mask_id=M, seed=4)
+    res = sample(logits_denoiser(), (32, L), loop=engine, return_trajectory=True, **kw)
+    assert res.steps_run == 6 and res.denoiser_calls == 6
+    x, loop = samplers.build_loop(kw.pop("method"), (32, L), **kw)
+    loop.mask_id = None
+    full = samplers.loop.run_loop(logits_denoiser(), x, loop, engine=engine)
+    assert full.steps_run == 12 and torch.equal(full.x, res.tokens)
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+def test_gaussian_add_noise_rounds_and_checks_timesteps(cls):
+    g = cls(GaussianSchedule.linear(10))
+    x0, z = torch.ones(2, 3, 2), torch.randn(2, 3, 2)
+    for scalar, index in ((2.6, 3), (2.5, 2), (3.5, 4), (9.4, 9), (-0.4, 0)):
+        want = g.add_noise(x0, z, torch.tensor([index, index]))
+        torch.testing.assert_close(g.add_noise(x0, z, scalar), want)
+        torch.testing.assert_close(g.add_noise(x0, z, torch.tensor([scalar, scalar])), want)
+    for bad in (-1, 10, 9.6, -0.6, math.nan):
+        with pytest.raises(ValueError, match="timesteps must lie in"):
+            g.add_noise(x0, z, bad)
+    for bad in ([0, -1], [10, 0], [9.7, 1.0]):
+        with pytest.raises(ValueError, match="timesteps must lie in"):
+            g.add_noise(x0, z, torch.tensor(bad))

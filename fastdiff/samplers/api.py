@@ -214,6 +214,7 @@ def sample(
     return_trajectory: bool = False,
     loop: str = "auto",
     cache: bool = False,
+    check_every: int = 1,
     device=None,
     **method_options,
 ) -> torch.Tensor | SampleOutput:
@@ -249,6 +250,11 @@ def sample(
             do not synchronize with the host, i.e. the Triton kernels, and no ``cache``).
         cache: reuse the model output for sequences that did not change (mdlm, confidence,
             d3pm; only valid for a model that ignores its time input).
+        check_every: test the early exit (nothing left masked: absorbing SEDD, mdlm,
+            confidence, absorbing d3pm) only before steps ``i`` with ``i % check_every == 0``
+            (each test reads the tokens back to the host, a sync per test on a GPU, e.g.
+            before every replay with ``loop="cuda_graph"``). The tokens are the same; up to
+            ``check_every - 1`` more steps may run (they change nothing once all is unmasked).
         device: where the run happens (default: the device of ``init``, else the CPU).
         method_options: see :func:`make_scheduler`.
 
@@ -261,6 +267,10 @@ def sample(
         raise ValueError(f"loop must be one of {ENGINES}, got {loop!r}")
     if method not in SCHEDULERS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int):
+        raise TypeError(f"check_every must be an int, got {type(check_every).__name__}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
     model = guided_denoiser(denoiser, uncond, guidance_scale, continuous=method in GAUSSIAN_METHODS)
     x, step_loop = build_loop(
         method,
@@ -287,6 +297,7 @@ def sample(
         callback=callback,
         progress=progress,
         trajectory=return_trajectory,
+        check_every=check_every,
     )
     if not return_trajectory:
         return result.x

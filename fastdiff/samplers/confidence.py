@@ -16,8 +16,12 @@ confidence) and commits some of them (:func:`fastdiff.unmasking.select_commits`)
   ``block_size`` restricts commits to the leftmost block with masked positions, and the last
   step commits every position still masked.
 
-The denoiser returns logits ``[B, L, V]``; it receives ``sigma(t_i)`` of the log-linear grid
-``t_i = 1 - i / steps`` (most such models ignore it; ``cache=True`` then reuses outputs).
+The denoiser returns logits ``[B, L, V]``; it receives ``sigma(t_i)`` of the schedule (default
+log-linear) on the grid ``t_i = 1 - i / steps`` (most such models ignore it; ``cache=True`` then
+reuses outputs). The update never uses ``sigma``, so any schedule works, ``LinearAlpha()`` and
+``CosineAlpha()`` included: where ``sigma(1) = inf`` the first step's time input is
+``sigma(1 - 2^-53)`` instead (finite: about 36.7 for ``LinearAlpha``), the largest noise level a
+float64 time below 1 gives.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from fastdiff import backend, checks
 from fastdiff.reference import updates as ref
 from fastdiff.samplers.base import SchedulerOutput, check_steps, make_step_loop, step_seed
-from fastdiff.samplers.discrete import MDLMScheduler, scores_view
+from fastdiff.samplers.discrete import F64, MDLMScheduler, scores_view
 from fastdiff.samplers.loop import StepLoop
 from fastdiff.schedules import NoiseSchedule
 from fastdiff.unmasking import select_commits
@@ -70,8 +74,19 @@ class ConfidenceScheduler(MDLMScheduler):
         self.confidence = confidence
 
     def set_timesteps(self, num_steps: int, device: torch.device | str | None = None) -> None:
-        """``sigma(t_i)``, ``t_i = 1 - i / steps`` (the model input only)."""
-        super().set_timesteps(check_steps(num_steps), device)
+        """``sigma(t_i)``, ``t_i = 1 - i / steps`` (the model input only); a non-finite
+        ``sigma(1)`` is replaced by ``sigma(1 - 2^-53)`` (module docstring)."""
+        steps = check_steps(num_steps)
+        t = torch.linspace(1.0, 0.0, steps + 1, dtype=F64, device=device)
+        sigma = self.schedule.sigma(t)
+        if not bool(torch.isfinite(sigma[0])):
+            below_one = torch.nextafter(t[:1], t.new_zeros(1))
+            sigma = torch.cat([self.schedule.sigma(below_one), sigma[1:]])
+        if not bool(torch.isfinite(sigma[:-1]).all()):
+            raise ValueError("the schedule gives a non-finite sigma on the confidence time grid")
+        self._sigma = sigma
+        self.num_inference_steps = steps
+        self._set(sigma[:-1])
 
     def _check_blocks(self, length: int) -> None:
         if self.block_size is None or self.threshold is not None or self.factor is not None:

@@ -8,10 +8,15 @@ Time grids (``steps`` reverse steps, float64 tables, the denoiser gets ``sigma``
   ``Delta = sigma(t_i) - sigma(t_{i+1})`` (4b); the model sees ``sigma(t_i)``. With
   ``denoise=True`` a last entry ``sigma(eps)`` runs the final denoise (no mask left).
 - MDLM: ``t_i = linspace(1, 0, steps + 1)``: step ``i`` goes from ``sigma(t_i)`` to
-  ``sigma(t_{i+1})`` (4c); the last step reaches ``sigma = 0`` and unmasks every position.
+  ``sigma(t_{i+1})`` (4c), except that the last step ends at ``sigma = 0`` exactly (not
+  ``sigma(0)``, which is > 0 for e.g. ``Geometric``), so it unmasks every position.
 - D3PM: ``steps <= T`` segments ``t_k = round(linspace(T, 0, steps + 1))``; a segment from
   ``t`` to ``s`` uses ``Q_{s+1} ... Q_t`` and ``Qbar_s`` (the identity at ``s = 0``), so
   ``steps = T`` is the plain ancestral chain; the model sees ``t`` (a float).
+
+SEDD and MDLM need a finite ``sigma(1)`` (e.g. ``LogLinear(eps > 0)``, not ``LinearAlpha()``).
+With value checks on (:func:`fastdiff.checks.value_checks_enabled`) every model output is
+checked for NaN / ``+inf`` before the step uses it.
 
 Every step_loop closure calls the backend-resolved op implementation with the flattened
 tensors and the precomputed per-step constants: the argument checks of the public ops run
@@ -52,10 +57,13 @@ F64 = torch.float64
 
 
 def scores_view(out: torch.Tensor, shape: torch.Size, vocab: int) -> torch.Tensor:
-    """The denoiser output ``[*shape, V]`` as ``[N, V]``; a clear error for another shape."""
+    """The denoiser output ``[*shape, V]`` as ``[N, V]``; a clear error for another shape, and
+    (with value checks on) for NaN or ``+inf`` in it (``-inf`` logits / log-scores are fine)."""
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (*shape, vocab):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the denoiser returned {got}; expected {(*tuple(shape), vocab)}")
+    if checks.value_checks_enabled():
+        checks.finite("the denoiser output", out, allow_neg_inf=True)
     return out.reshape(-1, vocab)
 
 
@@ -164,12 +172,17 @@ class _NoiseScheduleMixin(TokenScheduler):
     def _grid(self, start: float, end: float, steps: int, device) -> torch.Tensor:
         t = torch.linspace(start, end, steps + 1, dtype=F64, device=device)
         sigma = self.schedule.sigma(t)
-        if not bool(torch.isfinite(sigma[0])):
-            raise ValueError(
-                f"the schedule has sigma(t={start}) = inf: use one with a finite maximum noise "
-                "(e.g. LogLinear(eps > 0))"
-            )
+        _check_max_noise(sigma[0], start)
         return sigma
+
+
+def _check_max_noise(sigma0: torch.Tensor, start: float) -> None:
+    """A clear error for a schedule whose ``sigma`` at the first grid time is not finite."""
+    if not bool(torch.isfinite(sigma0)):
+        raise ValueError(
+            f"the schedule has sigma(t={start}) = inf: use one with a finite maximum noise "
+            "(e.g. LogLinear(eps > 0))"
+        )
 
 
 class _SEDD(_NoiseScheduleMixin):
@@ -197,7 +210,9 @@ class _SEDD(_NoiseScheduleMixin):
         denoise) only when ``denoise=True``."""
         steps = check_steps(num_steps)
         t = torch.linspace(1.0, self.eps, steps + 1, dtype=F64, device=device)
-        self._sigma, self._dsigma = self.schedule(t)
+        sigma, dsigma = self.schedule(t)
+        _check_max_noise(sigma[0], 1.0)
+        self._sigma, self._dsigma = sigma, dsigma
         self._dt = (1.0 - self.eps) / steps
         self.num_inference_steps = steps
         self._set(self._sigma if self.denoise else self._sigma[:-1])
@@ -296,7 +311,8 @@ class SEDDAnalyticScheduler(_SEDD):
 class MDLMScheduler(_NoiseScheduleMixin):
     """MDLM ancestral (SUBS) sampler (ops.md 4c): the denoiser returns logits ``[B, L, V]``
     at ``sigma [B]``; step ``i`` is :func:`fastdiff.mdlm_step` from ``sigma(t_i)`` to
-    ``sigma(t_{i+1})`` on ``t = linspace(1, 0, steps + 1)``, so the last step unmasks all.
+    ``sigma(t_{i+1})`` on ``t = linspace(1, 0, steps + 1)``, except that the last step goes to
+    ``sigma = 0`` exactly (whatever ``sigma(0)`` is), so it unmasks all.
     With a model that ignores the time, ``cache=True`` reuses its output (:class:`StepLoop`)."""
 
     OPTIONS = ()
@@ -307,9 +323,12 @@ class MDLMScheduler(_NoiseScheduleMixin):
         super().__init__(vocab_size, mask_id, "absorb", schedule)
 
     def set_timesteps(self, num_steps: int, device: torch.device | str | None = None) -> None:
-        """``sigma(t_i)``, ``t_i = 1 - i / steps`` for ``i < steps``."""
+        """``sigma(t_i)``, ``t_i = 1 - i / steps`` for ``i < steps``; the table ends with
+        ``sigma = 0`` (not ``sigma(0)``): the last step unmasks every position."""
         steps = check_steps(num_steps)
-        self._sigma = self._grid(1.0, 0.0, steps, device)
+        sigma = self._grid(1.0, 0.0, steps, device).clone()
+        sigma[-1] = 0.0
+        self._sigma = sigma
         self.num_inference_steps = steps
         self._set(self._sigma[:-1])
 
@@ -351,7 +370,9 @@ class D3PMScheduler(TokenScheduler):
     from ``mean_i Qbar_T[i, :]`` (the stationary distribution once the chain has mixed: all
     ``mask_id`` for an absorbing chain). ``mask_id`` (absorbing chains) lets ``init`` mark the
     positions to fill with it. The step matrices are stacked ``[steps, V, V]`` (float64) on the
-    run's device.
+    run's device. When the chain absorbs into ``mask_id`` (:attr:`absorbing`: every ``Q_t`` moves
+    a token only to ``mask_id``, so the reverse chain never changes an unmasked token), the step
+    loop stops early once nothing is masked.
     """
 
     OPTIONS = ()
@@ -364,6 +385,7 @@ class D3PMScheduler(TokenScheduler):
             )
         super().__init__(transitions.vocab_size, mask_id, mask_required=False)
         self.transitions = transitions
+        self.absorbing = self.mask_id is not None and _absorbs_into(transitions, self.mask_id)
 
     def set_timesteps(self, num_steps: int, device: torch.device | str | None = None) -> None:
         """Segments ``t_k = round(linspace(T, 0, steps + 1))`` (``steps <= T``)."""
@@ -438,4 +460,15 @@ class D3PMScheduler(TokenScheduler):
                 qi, qbi = q[i], qbar[i]
             return impl(s, x.reshape(n), qi, qbi, ffixed, key, 0).reshape(shape)
 
-        return make_step_loop(apply, ts.to(x.device), {}, seed, fixed=fixed)
+        m = self.mask_id if self.absorbing else None
+        return make_step_loop(apply, ts.to(x.device), {}, seed, fixed=fixed, mask_id=m)
+
+
+def _absorbs_into(transitions: TransitionSchedule, mask_id: int) -> bool:
+    """Whether every ``Q_t`` is zero off the diagonal outside column ``mask_id`` (a token stays
+    or becomes ``mask_id``; the mask row is then ``e_m``): the absorbing chain."""
+    q = transitions.q_steps
+    eye = torch.eye(q.shape[-1], dtype=torch.bool, device=q.device)
+    keep = eye.clone()
+    keep[:, mask_id] = True
+    return not bool((q.masked_select(~keep) != 0).any())

@@ -11,9 +11,11 @@ with ``prediction="x0"``). The start state is ``N(0, I)`` keyed by the run's see
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from fastdiff import backend
+from fastdiff import backend, checks
 from fastdiff import random as frandom
 from fastdiff.gaussian import PREDICTIONS, VARIANCES, ddim_step, ddpm_step, q_sample
 from fastdiff.reference import gaussian as ref
@@ -34,10 +36,13 @@ F64 = torch.float64
 
 
 def state_view(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The denoiser output ``[B, L, H]`` as ``[N, H]``; a clear error for another shape."""
+    """The denoiser output ``[B, L, H]`` as ``[N, H]``; a clear error for another shape, and
+    (with value checks on) for NaN or inf in it."""
     if not isinstance(out, torch.Tensor) or out.shape != shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the denoiser returned {got}; expected {tuple(shape)}")
+    if checks.value_checks_enabled():
+        checks.finite("the denoiser output", out)
     return out.reshape(-1, shape[-1])
 
 
@@ -109,13 +114,26 @@ class _GaussianScheduler(Scheduler):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` with ``abar_t = alphas_cumprod[t]`` for
-        the 0-based ``t = timesteps`` (an int or per sequence ``[B]``): :func:`fastdiff.q_sample`
-        (``noise=None`` draws it with ``seed`` / ``generator``)."""
+        the 0-based ``t = timesteps`` (a number or per sequence ``[B]``, rounded to the nearest
+        index, halves to even, in ``[0, T)``): :func:`fastdiff.q_sample` (``noise=None`` draws
+        it with ``seed`` / ``generator``)."""
         abar = self.schedule.alphas_cumprod.to(F64)
+        big_t = abar.shape[0]
         if isinstance(timesteps, torch.Tensor):
-            a = abar.to(timesteps.device)[timesteps.round().long()]
+            t = timesteps.round().long()
+            if checks.value_checks_enabled() and t.numel():
+                lo, hi = int(t.min()), int(t.max())
+                if lo < 0 or hi >= big_t:
+                    raise ValueError(
+                        f"timesteps must lie in [0, {big_t}), got {lo if lo < 0 else hi}"
+                    )
+            a = abar.to(timesteps.device)[t]
         else:
-            a = float(abar[int(timesteps)])
+            if isinstance(timesteps, bool) or not isinstance(timesteps, (int, float)):
+                raise TypeError(f"timesteps must be a number or a tensor, got {timesteps!r}")
+            if not math.isfinite(timesteps) or not 0 <= round(timesteps) < big_t:
+                raise ValueError(f"timesteps must lie in [0, {big_t}), got {timesteps!r}")
+            a = float(abar[round(timesteps)])
         return q_sample(original, a, noise=noise, fixed=fixed, generator=generator, seed=seed).x_t
 
     def step_loop(self, x: torch.Tensor, *, seed: int, fixed: torch.Tensor | None) -> StepLoop:
