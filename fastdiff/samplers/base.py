@@ -287,7 +287,7 @@ class Scheduler(abc.ABC):
         """One reverse step from ``timestep`` with the public (checked) op."""
 
     @abc.abstractmethod
-    def init_sample(
+    def start(
         self,
         shape,
         *,
@@ -296,9 +296,22 @@ class Scheduler(abc.ABC):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """The start state: a draw from the prior, with ``init`` kept at ``fixed`` positions."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x, fixed)``: the start state, a draw from the prior with ``init`` kept at
+        ``fixed`` positions, and the fixed positions in force."""
+
+    def init_sample(self, shape, **kw) -> torch.Tensor:
+        """The start state (see :meth:`start`)."""
+        return self.start(shape, **kw)[0]
 
     @abc.abstractmethod
     def step_loop(self, x: torch.Tensor, *, seed: int, fixed: torch.Tensor | None) -> StepLoop:
         """The :class:`StepLoop` running every planned step on ``x`` (checks done here, once)."""
+
+
+def start_device(device: torch.device | str | None, init: torch.Tensor | None) -> torch.device:
+    """Where a start state lives: ``device`` when given, else the device of ``init``, else the
+    CPU."""
+    if device is not None:
+        return torch.device(device)
+    return init.device if init is not None else torch.device("cpu")

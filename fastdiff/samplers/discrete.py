@@ -44,6 +44,7 @@ from fastdiff.samplers.base import (
     init_seed,
     make_step_loop,
     resolve_run_seed,
+    start_device,
     step_seed,
     token_start,
 )
@@ -95,20 +96,12 @@ class TokenScheduler(Scheduler):
         """``(x, fixed)``: the prior draw with ``init`` kept where ``fixed``. With ``init`` and no
         ``fixed``, the non-mask positions of ``init`` are fixed (infilling by mask tokens)."""
         shape, init, fixed = token_start(shape, init, fixed, self.vocab_size, self.mask_id, device)
-        dev = (
-            torch.device(device)
-            if device is not None
-            else (init.device if init is not None else torch.device("cpu"))
-        )
+        dev = start_device(device, init)
         key = resolve_run_seed(seed, generator, dev)
         x = self.prior(shape[0] * shape[1], key, dev).reshape(shape)
         if init is not None:
             x = torch.where(fixed, init, x)
         return x, fixed
-
-    def init_sample(self, shape, **kw) -> torch.Tensor:
-        """The start state ``[B, L]`` (see :meth:`start`)."""
-        return self.start(shape, **kw)[0]
 
 
 class _NoiseScheduleMixin(TokenScheduler):

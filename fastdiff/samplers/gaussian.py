@@ -26,6 +26,7 @@ from fastdiff.samplers.base import (
     init_seed,
     make_step_loop,
     resolve_run_seed,
+    start_device,
     state_start,
     step_seed,
 )
@@ -85,11 +86,7 @@ class _GaussianScheduler(Scheduler):
         """``(x, fixed)``: ``N(0, I)`` ``[B, L, H]`` (dtype of ``init``, else the default dtype)
         with ``init`` kept at ``fixed`` positions."""
         shape, init, fixed = state_start(shape, init, fixed, device)
-        dev = (
-            torch.device(device)
-            if device is not None
-            else (init.device if init is not None else torch.device("cpu"))
-        )
+        dev = start_device(device, init)
         dtype = init.dtype if init is not None else torch.get_default_dtype()
         key = resolve_run_seed(seed, generator, dev)
         n = shape[0] * shape[1]
@@ -98,10 +95,6 @@ class _GaussianScheduler(Scheduler):
         if init is not None:
             x = torch.where(fixed[..., None], init, x)
         return x, fixed
-
-    def init_sample(self, shape, **kw) -> torch.Tensor:
-        """The start state ``[B, L, H]`` (see :meth:`start`)."""
-        return self.start(shape, **kw)[0]
 
     def add_noise(
         self,
