@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fastdiff.kernels.philox_noise import log1p_neg
+from fastdiff.kernels.philox_noise import log1p_neg, tile_pair_words
 
 _TWO_PI_2M32 = 1.4629180792671596e-09  # 2 pi 2^-32
 
@@ -68,15 +68,6 @@ def normal_tile(seed, offset_lo, offset_hi, rows, start, BLOCK_H: tl.constexpr):
     """fp32 ``N(0, 1)`` ``[R, BLOCK_H]`` for columns ``start .. start + BLOCK_H`` of ``rows``
     (int64 ``[R]``), equal to :func:`fastdiff.random.normal` to fp32 rounding. ``start`` must
     be even and ``BLOCK_H`` a power of two >= 2."""
-    pair = (start // 2 + tl.arange(0, BLOCK_H // 2)).to(tl.uint32)[None, :]
-    row = rows.to(tl.uint32)[:, None]
-    zero = pair * 0 + row * 0
-    r0, r1, r2, _ = tl.philox(
-        seed,
-        zero + pair,
-        zero + row,
-        zero + offset_lo.to(tl.uint32),
-        zero + offset_hi.to(tl.uint32),
-    )
+    r0, r1, r2, _ = tile_pair_words(seed, offset_lo, offset_hi, rows, start, BLOCK_H)
     z_even, z_odd = normal_pair(r0, r1, r2)
     return tl.interleave(z_even, z_odd)

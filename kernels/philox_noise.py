@@ -38,18 +38,26 @@ def column_words(seed, offset_lo, offset_hi, row, start, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def tile_words(seed, offset_lo, offset_hi, rows, start, BLOCK: tl.constexpr):
-    """:func:`column_words` for a tile: ``rows`` ``[R]`` (int64) gives ``[R, BLOCK]`` words."""
+def tile_pair_words(seed, offset_lo, offset_hi, rows, start, BLOCK: tl.constexpr):
+    """The four Philox words (uint32 ``[R, BLOCK // 2]`` each) of the column pairs of
+    columns ``start .. start + BLOCK`` of ``rows`` ``[R]`` (int64): counter
+    ``(column // 2, row, offset_lo, offset_hi)``. ``start`` even, ``BLOCK`` a power of two."""
     pair = (start // 2 + tl.arange(0, BLOCK // 2)).to(tl.uint32)[None, :]
     row = rows.to(tl.uint32)[:, None]
     zero = pair * 0 + row * 0
-    r0, r1, r2, r3 = tl.philox(
+    return tl.philox(
         seed,
         zero + pair,
         zero + row,
         zero + offset_lo.to(tl.uint32),
         zero + offset_hi.to(tl.uint32),
     )
+
+
+@triton.jit
+def tile_words(seed, offset_lo, offset_hi, rows, start, BLOCK: tl.constexpr):
+    """:func:`column_words` for a tile: ``rows`` ``[R]`` (int64) gives ``[R, BLOCK]`` words."""
+    r0, r1, r2, r3 = tile_pair_words(seed, offset_lo, offset_hi, rows, start, BLOCK)
     return tl.interleave(r0, r2), tl.interleave(r1, r3)
 
 
