@@ -25,7 +25,10 @@ import triton.language as tl
 
 from fastdiff.kernels.philox_noise import log1p_neg, tile_pair_words
 
-_TWO_PI_2M32 = 1.4629180792671596e-09  # 2 pi 2^-32
+# Module-level numbers read inside @triton.jit functions must be constexpr: a plain float is a
+# compile error on every GPU target ("Cannot access global variable"), though the interpreter
+# accepts it.
+_TWO_PI_2M32 = tl.constexpr(1.4629180792671596e-09)  # 2 pi 2^-32
 
 
 @triton.jit
