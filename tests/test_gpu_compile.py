@@ -59,14 +59,31 @@ def test_every_kernel_and_mode_is_recorded(compiled: dict) -> None:
         for path, value in launch["constants"]:
             seen.setdefault(launch["kernel"], set()).add((names[path[0]], value))
     must = {
-        "_categorical_kernel": {("TOP_K", True), ("TOP_P", True), ("MIN_P", True),
-                                ("ARGMAX", True), ("WANT_PROB", True), ("IS_LOG", False)},
+        "_categorical_kernel": {
+            ("TOP_K", True),
+            ("TOP_P", True),
+            ("MIN_P", True),
+            ("ARGMAX", True),
+            ("WANT_PROB", True),
+            ("IS_LOG", False),
+        },
         "_update_kernel": {("MODE", m) for m in range(5)} | {("HAS_FIXED", True)},
         "_candidates_kernel": {("CONF", c) for c in range(3)} | {("ARGMAX", False)},
-        "_q_sample_kernel": {("HAS_NOISE", False), ("HAS_NOISE", True), ("GATHER", True),
-                             ("HAS_FIXED", True)},
-        "_step_kernel": {("DDIM", True), ("DDIM", False), ("GUIDED", True), ("HAS_NOISE", False),
-                         ("POSTERIOR", True), ("X0", True), ("HAS_FIXED", True)},
+        "_q_sample_kernel": {
+            ("HAS_NOISE", False),
+            ("HAS_NOISE", True),
+            ("GATHER", True),
+            ("HAS_FIXED", True),
+        },
+        "_step_kernel": {
+            ("DDIM", True),
+            ("DDIM", False),
+            ("GUIDED", True),
+            ("HAS_NOISE", False),
+            ("POSTERIOR", True),
+            ("X0", True),
+            ("HAS_FIXED", True),
+        },
         "_dense_race_kernel": {("HAS_FIXED", True)},
     }
     for kernel, modes in must.items():
@@ -88,7 +105,8 @@ def test_no_register_spills_in_hot_kernels(compiled: dict) -> None:
         f"{r['kernel']} sm_{r['target']} ({r['registers']} registers, stack {r['stack']} B, "
         f"{r['spill_instructions']} spill instructions)"
         for r in compiled["results"]
-        if r["ok"] and r["kernel"] in HOT_KERNELS
+        if r["ok"]
+        and r["kernel"] in HOT_KERNELS
         and (r["stack"] or r["local"] or r["spill_instructions"])
     ]
     assert not spills, "\n".join(spills)

@@ -158,8 +158,18 @@ def _launch_from_hook(kwargs: dict[str, Any], scenario: str) -> Launch:
         options=options,
         scenarios=[scenario],
     )
-    body = json.dumps([launch.module, launch.kernel, launch.signature, launch.constants,
-                       launch.attrs, launch.options], sort_keys=True, default=str)
+    body = json.dumps(
+        [
+            launch.module,
+            launch.kernel,
+            launch.signature,
+            launch.constants,
+            launch.attrs,
+            launch.options,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     launch.key = hashlib.sha256(body.encode()).hexdigest()[:16]
     return launch
 
@@ -312,9 +322,7 @@ def compile_launch(launch: Launch, capability: int, cubin_dir: str | None = None
         result.spill_instructions = sum(op.startswith(("STL", "LDL")) for op in opcodes)
         result.fp64_instructions = sum(op.startswith(("DADD", "DMUL", "DFMA")) for op in opcodes)
         result.num_warps = int(compiled.metadata.num_warps)
-        result.occupancy = occupancy(
-            result.registers, result.shared, result.num_warps, capability
-        )
+        result.occupancy = occupancy(result.registers, result.shared, result.num_warps, capability)
         if cubin_dir:
             path = Path(cubin_dir) / f"{launch.kernel}-{launch.key}-sm{capability}.cubin"
             path.write_bytes(cubin)

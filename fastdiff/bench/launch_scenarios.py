@@ -67,8 +67,15 @@ def _losses(dtype: torch.dtype, vocab: int) -> Callable[[], None]:
         for grad, weight in ((True, _per_row()), (False, None)):
             for graph in ("absorb", "uniform"):
                 for loss in (fastdiff.score_entropy, fastdiff.concrete_score_matching):
-                    loss(_scores(dtype, vocab, grad), _tokens(), _tokens(), _per_row(),
-                         graph=graph, mask_id=mask, weight=weight)
+                    loss(
+                        _scores(dtype, vocab, grad),
+                        _tokens(),
+                        _tokens(),
+                        _per_row(),
+                        graph=graph,
+                        mask_id=mask,
+                        weight=weight,
+                    )
             fastdiff.masked_diffusion_loss(
                 _scores(dtype, vocab, grad), _tokens(), _tokens(), mask_id=mask, weight=weight
             )
@@ -115,8 +122,9 @@ for _dtype in DTYPES:
 def _noising(dtype: torch.dtype) -> None:
     for graph in ("absorb", "uniform"):
         for fixed in (None, _fixed()):
-            fastdiff.corrupt(_tokens(), _per_row(), graph=graph, vocab_size=V, mask_id=V - 1,
-                             fixed=fixed, seed=1)
+            fastdiff.corrupt(
+                _tokens(), _per_row(), graph=graph, vocab_size=V, mask_id=V - 1, fixed=fixed, seed=1
+            )
     shared = torch.empty(V_DENSE, V_DENSE, dtype=dtype)
     batched = torch.empty(16, V_DENSE, V_DENSE // 16, dtype=dtype)[:, :, :1].expand(
         16, V_DENSE, V_DENSE
@@ -140,8 +148,15 @@ def _categorical(dtype: torch.dtype, vocab: int) -> None:
     # probability. Probabilities (IS_LOG off): plain and all filters.
     all_filters = {"top_k": 50, "top_p": 0.9, "min_p": 0.05, "return_prob": True}
     logits = _scores(dtype, vocab)
-    for options in ({"temperature": 0.0}, {"temperature": 0.7}, {"return_prob": True},
-                    {"top_k": 50}, {"top_p": 0.9}, {"min_p": 0.05}, all_filters):
+    for options in (
+        {"temperature": 0.0},
+        {"temperature": 0.7},
+        {"return_prob": True},
+        {"top_k": 50},
+        {"top_p": 0.9},
+        {"min_p": 0.05},
+        all_filters,
+    ):
         fastdiff.sample_categorical(logits=logits, seed=1, **options)
     for options in ({}, all_filters):
         fastdiff.sample_categorical(_scores(dtype, vocab), seed=1, **options)
@@ -155,21 +170,28 @@ def _updates(dtype: torch.dtype, vocab: int) -> None:
     s = _scores(dtype, vocab)
     for graph in ("absorb", "uniform"):
         fixed = _fixed() if graph == "uniform" else None
-        fastdiff.sedd_euler_step(s, x, dsigma=1.0, dt=0.01, graph=graph, mask_id=mask,
-                                 fixed=fixed, seed=1)
-        fastdiff.sedd_analytic_step(s, x, sigma=1.0, sigma_next=0.9, graph=graph,
-                                    mask_id=mask, fixed=fixed, seed=1)
-        fastdiff.sedd_denoise_step(s, x, sigma=0.01, graph=graph, mask_id=mask,
-                                   fixed=fixed, seed=1)
+        fastdiff.sedd_euler_step(
+            s, x, dsigma=1.0, dt=0.01, graph=graph, mask_id=mask, fixed=fixed, seed=1
+        )
+        fastdiff.sedd_analytic_step(
+            s, x, sigma=1.0, sigma_next=0.9, graph=graph, mask_id=mask, fixed=fixed, seed=1
+        )
+        fastdiff.sedd_denoise_step(s, x, sigma=0.01, graph=graph, mask_id=mask, fixed=fixed, seed=1)
     for fixed in (None, _fixed()):
         fastdiff.mdlm_step(s, x, sigma_t=1.0, sigma_s=0.9, mask_id=mask, fixed=fixed, seed=1)
     batch = s.view(N // SEQ, SEQ, vocab)
     for confidence in ("prob", "margin", "entropy"):
         for temperature in (0.0, 1.0):
             fixed = torch.zeros(N // SEQ, SEQ, dtype=torch.bool) if temperature else None
-            fastdiff.unmask_candidates(batch, x.view(N // SEQ, SEQ), mask_id=mask,
-                                       temperature=temperature, confidence=confidence,
-                                       fixed=fixed, seed=1)
+            fastdiff.unmask_candidates(
+                batch,
+                x.view(N // SEQ, SEQ),
+                mask_id=mask,
+                temperature=temperature,
+                confidence=confidence,
+                fixed=fixed,
+                seed=1,
+            )
 
 
 def _d3pm(dtype: torch.dtype) -> None:
@@ -185,7 +207,9 @@ def _d3pm(dtype: torch.dtype) -> None:
 
 for _dtype in DTYPES:
     for _vocab in _vocabularies(_dtype):
-        _scenario(f"categorical-{_tag(_dtype)}-V{_vocab}", lambda d=_dtype, v=_vocab: _categorical(d, v))
+        _scenario(
+            f"categorical-{_tag(_dtype)}-V{_vocab}", lambda d=_dtype, v=_vocab: _categorical(d, v)
+        )
         _scenario(f"updates-{_tag(_dtype)}-V{_vocab}", lambda d=_dtype, v=_vocab: _updates(d, v))
     _scenario(f"d3pm-{_tag(_dtype)}", lambda d=_dtype: _d3pm(d))
 
@@ -220,10 +244,30 @@ def _gaussian(dtype: torch.dtype) -> None:
         ("x0", "beta", 0.0, True, torch.empty(N, H, dtype=dtype), None),
     ):
         guide = {"model_output_uncond": uncond, "guidance_scale": 2.0} if guided else {}
-        fastdiff.ddpm_step(out, x_t, abar=abar, abar_prev=abar, prediction=prediction,
-                           variance=variance, noise=noise, fixed=fixed, seed=1, **guide)
-        fastdiff.ddim_step(out, x_t, abar=abar, abar_prev=abar, eta=eta, prediction=prediction,
-                           noise=noise, fixed=fixed, seed=1, **guide)
+        fastdiff.ddpm_step(
+            out,
+            x_t,
+            abar=abar,
+            abar_prev=abar,
+            prediction=prediction,
+            variance=variance,
+            noise=noise,
+            fixed=fixed,
+            seed=1,
+            **guide,
+        )
+        fastdiff.ddim_step(
+            out,
+            x_t,
+            abar=abar,
+            abar_prev=abar,
+            eta=eta,
+            prediction=prediction,
+            noise=noise,
+            fixed=fixed,
+            seed=1,
+            **guide,
+        )
     fastdiff.round_to_embedding(torch.empty(N, H, dtype=dtype), torch.empty(V, H, dtype=dtype))
 
 

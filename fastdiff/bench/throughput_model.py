@@ -77,79 +77,184 @@ def _rows() -> list[Row]:
     loss = "score read, gradient written (masked rows)"
     read = "scores read once"
     rows = [
-        Row("score_entropy absorb fwd+bwd", "_absorb_kernel",
-            lambda: fastdiff.score_entropy(_scores(True), _tok(m), _tok(), _rowf(),
-                                           graph="absorb", mask_id=m, weight=_rowf()),
-            2 * E, loss),
-        Row("score_entropy uniform fwd+bwd", "_uniform_kernel",
-            lambda: fastdiff.score_entropy(_scores(True), _tok(), _tok(1), _rowf(),
-                                           graph="uniform", weight=_rowf()),
-            2 * E, "score read, gradient written"),
-        Row("masked_diffusion_loss fwd+bwd", "_mdlm_kernel",
-            lambda: fastdiff.masked_diffusion_loss(_scores(True), _tok(m), _tok(), mask_id=m,
-                                                   weight=_rowf()),
-            2 * E, loss),
-        Row("concrete_score_matching absorb", "_csm_absorb_kernel",
-            lambda: fastdiff.concrete_score_matching(_scores(True), _tok(m), _tok(), _rowf(),
-                                                     graph="absorb", mask_id=m),
-            2 * E, loss),
-        Row("corrupt absorb (per token)", "_corrupt_kernel",
-            lambda: fastdiff.corrupt(_tok(), _rowf(), graph="absorb", vocab_size=V, mask_id=m,
-                                     seed=1),
-            20, "x0 (8 B) and sigma (4 B) read, x_t (8 B) written"),
-        Row("corrupt_dense (V = 4096)", "_dense_race_kernel",
-            lambda: fastdiff.corrupt_dense(torch.zeros(16, 1024, dtype=torch.int64),
-                                           torch.empty(4096, 4096, dtype=DTYPE), seed=1),
-            E, "the row Qbar[x0] read"),
-        Row("sample_categorical", "_categorical_kernel",
+        Row(
+            "score_entropy absorb fwd+bwd",
+            "_absorb_kernel",
+            lambda: fastdiff.score_entropy(
+                _scores(True), _tok(m), _tok(), _rowf(), graph="absorb", mask_id=m, weight=_rowf()
+            ),
+            2 * E,
+            loss,
+        ),
+        Row(
+            "score_entropy uniform fwd+bwd",
+            "_uniform_kernel",
+            lambda: fastdiff.score_entropy(
+                _scores(True), _tok(), _tok(1), _rowf(), graph="uniform", weight=_rowf()
+            ),
+            2 * E,
+            "score read, gradient written",
+        ),
+        Row(
+            "masked_diffusion_loss fwd+bwd",
+            "_mdlm_kernel",
+            lambda: fastdiff.masked_diffusion_loss(
+                _scores(True), _tok(m), _tok(), mask_id=m, weight=_rowf()
+            ),
+            2 * E,
+            loss,
+        ),
+        Row(
+            "concrete_score_matching absorb",
+            "_csm_absorb_kernel",
+            lambda: fastdiff.concrete_score_matching(
+                _scores(True), _tok(m), _tok(), _rowf(), graph="absorb", mask_id=m
+            ),
+            2 * E,
+            loss,
+        ),
+        Row(
+            "corrupt absorb (per token)",
+            "_corrupt_kernel",
+            lambda: fastdiff.corrupt(
+                _tok(), _rowf(), graph="absorb", vocab_size=V, mask_id=m, seed=1
+            ),
+            20,
+            "x0 (8 B) and sigma (4 B) read, x_t (8 B) written",
+        ),
+        Row(
+            "corrupt_dense (V = 4096)",
+            "_dense_race_kernel",
+            lambda: fastdiff.corrupt_dense(
+                torch.zeros(16, 1024, dtype=torch.int64),
+                torch.empty(4096, 4096, dtype=DTYPE),
+                seed=1,
+            ),
+            E,
+            "the row Qbar[x0] read",
+        ),
+        Row(
+            "sample_categorical",
+            "_categorical_kernel",
             lambda: fastdiff.sample_categorical(logits=_scores(), temperature=0.7, seed=1),
-            E, read),
-        Row("sample_categorical min_p", "_categorical_kernel",
+            E,
+            read,
+        ),
+        Row(
+            "sample_categorical min_p",
+            "_categorical_kernel",
             lambda: fastdiff.sample_categorical(logits=_scores(), min_p=0.05, seed=1),
-            E, read),
-        Row("sample_categorical top_k", "_categorical_kernel",
+            E,
+            read,
+        ),
+        Row(
+            "sample_categorical top_k",
+            "_categorical_kernel",
             lambda: fastdiff.sample_categorical(logits=_scores(), top_k=50, seed=1),
-            E, read, outer_trips=32),
-        Row("sample_categorical top_p", "_categorical_kernel",
+            E,
+            read,
+            outer_trips=32,
+        ),
+        Row(
+            "sample_categorical top_p",
+            "_categorical_kernel",
             lambda: fastdiff.sample_categorical(logits=_scores(), top_p=0.9, seed=1),
-            E, read, outer_trips=32),
-        Row("sedd_euler_step absorb", "_update_kernel",
-            lambda: fastdiff.sedd_euler_step(_scores(), _tok(m), dsigma=1.0, dt=0.01,
-                                             graph="absorb", mask_id=m, seed=1),
-            E, read),
-        Row("sedd_analytic_step uniform", "_update_kernel",
-            lambda: fastdiff.sedd_analytic_step(_scores(), _tok(), sigma=1.0, sigma_next=0.9,
-                                                graph="uniform", seed=1),
-            E, read),
-        Row("mdlm_step", "_update_kernel",
-            lambda: fastdiff.mdlm_step(_scores(), _tok(m), sigma_t=1.0, sigma_s=0.9,
-                                       mask_id=m, seed=1),
-            E, read),
-        Row("unmask_candidates prob, sampled", "_candidates_kernel",
-            lambda: fastdiff.unmask_candidates(_scores().view(16, 1024, V),
-                                               _tok(m).view(16, 1024), mask_id=m,
-                                               temperature=1.0, seed=1),
-            E, read),
-        Row("unmask_candidates entropy, greedy", "_candidates_kernel",
-            lambda: fastdiff.unmask_candidates(_scores().view(16, 1024, V),
-                                               _tok(m).view(16, 1024), mask_id=m,
-                                               confidence="entropy", seed=1),
-            E, read),
-        Row("q_sample (token ids, noise drawn)", "_q_sample_kernel",
-            lambda: fastdiff.q_sample(_tok(), _rowf(), embedding=torch.empty(V, H, dtype=DTYPE),
-                                      seed=1),
-            4 * E, "E[x0] read; x_t, noise, x0 written"),
-        Row("gaussian_loss fwd", "_loss_kernel",
-            lambda: fastdiff.gaussian_loss(_state(), _state()), 2 * E,
-            "prediction and target read"),
-        Row("ddpm_step (noise drawn)", "_step_kernel",
-            lambda: fastdiff.ddpm_step(_state(), _state(), abar=_rowf(), abar_prev=_rowf(0.6),
-                                       seed=1),
-            3 * E, "model output and x_t read, x' written"),
-        Row("ddim_step guided (eta = 0)", "_step_kernel",
-            lambda: fastdiff.ddim_step(_state(), _state(), abar=_rowf(), abar_prev=_rowf(0.6),
-                                       model_output_uncond=_state(), guidance_scale=2.0),
-            4 * E, "two model outputs and x_t read, x' written"),
+            E,
+            read,
+            outer_trips=32,
+        ),
+        Row(
+            "sedd_euler_step absorb",
+            "_update_kernel",
+            lambda: fastdiff.sedd_euler_step(
+                _scores(), _tok(m), dsigma=1.0, dt=0.01, graph="absorb", mask_id=m, seed=1
+            ),
+            E,
+            read,
+        ),
+        Row(
+            "sedd_analytic_step uniform",
+            "_update_kernel",
+            lambda: fastdiff.sedd_analytic_step(
+                _scores(), _tok(), sigma=1.0, sigma_next=0.9, graph="uniform", seed=1
+            ),
+            E,
+            read,
+        ),
+        Row(
+            "mdlm_step",
+            "_update_kernel",
+            lambda: fastdiff.mdlm_step(
+                _scores(), _tok(m), sigma_t=1.0, sigma_s=0.9, mask_id=m, seed=1
+            ),
+            E,
+            read,
+        ),
+        Row(
+            "unmask_candidates prob, sampled",
+            "_candidates_kernel",
+            lambda: fastdiff.unmask_candidates(
+                _scores().view(16, 1024, V),
+                _tok(m).view(16, 1024),
+                mask_id=m,
+                temperature=1.0,
+                seed=1,
+            ),
+            E,
+            read,
+        ),
+        Row(
+            "unmask_candidates entropy, greedy",
+            "_candidates_kernel",
+            lambda: fastdiff.unmask_candidates(
+                _scores().view(16, 1024, V),
+                _tok(m).view(16, 1024),
+                mask_id=m,
+                confidence="entropy",
+                seed=1,
+            ),
+            E,
+            read,
+        ),
+        Row(
+            "q_sample (token ids, noise drawn)",
+            "_q_sample_kernel",
+            lambda: fastdiff.q_sample(
+                _tok(), _rowf(), embedding=torch.empty(V, H, dtype=DTYPE), seed=1
+            ),
+            4 * E,
+            "E[x0] read; x_t, noise, x0 written",
+        ),
+        Row(
+            "gaussian_loss fwd",
+            "_loss_kernel",
+            lambda: fastdiff.gaussian_loss(_state(), _state()),
+            2 * E,
+            "prediction and target read",
+        ),
+        Row(
+            "ddpm_step (noise drawn)",
+            "_step_kernel",
+            lambda: fastdiff.ddpm_step(
+                _state(), _state(), abar=_rowf(), abar_prev=_rowf(0.6), seed=1
+            ),
+            3 * E,
+            "model output and x_t read, x' written",
+        ),
+        Row(
+            "ddim_step guided (eta = 0)",
+            "_step_kernel",
+            lambda: fastdiff.ddim_step(
+                _state(),
+                _state(),
+                abar=_rowf(),
+                abar_prev=_rowf(0.6),
+                model_output_uncond=_state(),
+                guidance_scale=2.0,
+            ),
+            4 * E,
+            "two model outputs and x_t read, x' written",
+        ),
     ]
     return rows
 
@@ -225,8 +330,9 @@ def run(targets: tuple[str, ...] = ("sm_90", "sm_80"), names: list[str] | None =
         "note": "a throughput MODEL from compiled SASS, not a measurement (no GPU was used)",
         "shapes": {"N": N, "V": V, "H": H, "dtype": "bfloat16"},
         "goal": GOAL,
-        "rates": {t: {k: v for k, v in sass_model.TARGETS[t].items() if k != "shared"}
-                  for t in targets},
+        "rates": {
+            t: {k: v for k, v in sass_model.TARGETS[t].items() if k != "shared"} for t in targets
+        },
         "triton": triton.__version__,
         "torch": torch.__version__,
         "host": platform.node(),
@@ -239,9 +345,11 @@ def table(doc: dict) -> str:
     """The model as text: per row and target, bytes and instructions per element by pipe,
     the modelled ceiling (% of copy bandwidth) and the limiter."""
     pipes = ("fp32", "int", "imad", "mufu", "conv", "fp64", "ldst")
-    head = f"{'MODEL (not measured)':34} {'sm':>5} {'B/el':>4} " + " ".join(
-        f"{p:>5}" for p in pipes
-    ) + f" {'total':>6} {'ceiling':>7}  limiter"
+    head = (
+        f"{'MODEL (not measured)':34} {'sm':>5} {'B/el':>4} "
+        + " ".join(f"{p:>5}" for p in pipes)
+        + f" {'total':>6} {'ceiling':>7}  limiter"
+    )
     lines = [head]
     for row in doc["rows"]:
         for target, r in row["targets"].items():
