@@ -14,10 +14,6 @@ its bounds next to each assertion (seeded, so deterministic).
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -108,51 +104,6 @@ def test_kernel_noise_is_the_reference_stream(seed: int, offset: int) -> None:
     got = z.noise.cpu().double()
     assert bool(((got - want).abs() <= 4e-6 * want.abs() + 1e-30).all())
     assert torch.equal(z.x_t, z.noise)  # abar = 0: x_t is the noise
-
-
-_COMPILE_SCRIPT = textwrap.dedent(
-    """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from fastdiff.kernels import gaussian, gaussian_steps
-
-    POINTERS = {"ids_ptr": "*i64", "seed_ptr": "*i64", "fixed_ptr": "*u8", "abar_ptr": "*fp64",
-                "prev_ptr": "*fp64", "eta_ptr": "*fp64", "scale_ptr": "*fp64"}
-
-    def compile_(fn, cc, **constexprs):
-        sig = {p.name: "constexpr" if p.is_constexpr
-               else POINTERS.get(p.name, "*bf16") if p.name.endswith("_ptr") else "i32"
-               for p in fn.params}
-        src = ASTSource(fn, sig, constexprs)
-        return triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": 4})
-
-    tiles = {"BLOCK_N": 8, "BLOCK_H": 256}
-    for cc in (80, 90):
-        compile_(gaussian._q_sample_kernel, cc, GATHER=True, HAS_NOISE=False, HAS_FIXED=True,
-                 WRITE_EPS=True, **tiles)
-        for ddim in (False, True):
-            compile_(gaussian_steps._step_kernel, cc, DDIM=ddim, X0=False, POSTERIOR=True,
-                     GUIDED=True, HAS_NOISE=False, HAS_FIXED=True, **tiles)
-    print("compiled")
-    """
-)
-
-
-def test_in_kernel_noise_compiles_for_gpu_targets() -> None:
-    """The interpreter accepts what the compiler rejects (a plain Python float global read in
-    a kernel was one): compile q_sample and the DDPM / DDIM step with in-kernel noise for
-    sm_80 and sm_90 with Triton's real compiler (no GPU needed; a subprocess, as kernels are
-    decorated for the interpreter in this one)."""
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-    except ImportError:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True
-    )
-    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-4000:]
 
 
 def _ks_statistic(z: torch.Tensor) -> float:
