@@ -43,5 +43,6 @@ def test_readme_main_job_installs_what_fastdiff_demo_imports():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1].strip() == _command("**Run the tests**")
+    # CI runs it as one line, then repeats the kernel tests with the other tested triton
+    ci = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()]
+    assert _command("**Run the tests**") in ci
