@@ -9,6 +9,8 @@
 #   bash benchmarks/run_gpu.sh gaussian   # q_sample, DDPM / DDIM, loss, rounding (bf16, fp32)
 #   bash benchmarks/run_gpu.sh steploop   # demo transformer: time per step of each step-loop
 #                                         #   engine vs its eager / graph-replayed forward
+#   bash benchmarks/run_gpu.sh model      # the SASS throughput model of the same tree (no GPU
+#                                         #   needed), to set beside the measured GB/s
 # Results (JSON + PNG) go to $OUT when set (the device tool returns it), else benchmarks/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,4 +55,7 @@ if [[ "$stage" == memory || "$stage" == all ]]; then
 fi
 if [[ "$stage" == steploop || "$stage" == all ]]; then
     python -m benchmarks.step_loop_gpu --out "$OUT"
+fi
+if [[ "$stage" == model || "$stage" == all ]]; then
+    fastdiff bench --model --out "$OUT"
 fi
