@@ -1,10 +1,13 @@
 """Categorical sampling kernel: one pass of Gumbel-max per row, filters without a sort.
 
-Each program takes a tile of rows and streams the vocabulary in blocks with a running argmax
-of ``u_j - log E_j`` where ``u = log w / T`` (:mod:`fastdiff.kernels.race`), on the reference's
-Philox stream, so the same seed draws the same token as the reference backend except where two
-keys tie within fp32 rounding; ties go to the lowest index. The chosen token's probability
-comes from an online log-sum-exp in the same pass. No ``[N, V]`` tensor is written.
+Each program takes a tile of rows and streams the vocabulary in blocks. Rows of at most
+``G = 256`` columns keep a running argmax of ``u_j - log E_j`` where ``u = log w / T``
+(:mod:`fastdiff.kernels.race`); longer rows use the grouped race: pass 1 reduces each block to
+group log-sum-exps of ``u`` and races the group keys, pass 2 re-reads the ``G`` columns of the
+winning group and races them. Both follow the reference's Philox stream, so the same seed
+draws the same token as the reference backend except where two keys tie within fp32 rounding;
+ties go to the lowest group / index. The chosen token's probability comes from an online
+log-sum-exp (of the group log-sums when grouped). No ``[N, V]`` tensor is written.
 
 Filters (:func:`fastdiff.reference.sampling.filter_logits`), all without sorting, on a 32-bit
 order-preserving key of each loaded value (exact: no rounding can merge two inputs):
@@ -31,10 +34,18 @@ from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
+    GROUP,
     block_argmax,
+    group_lse,
+    group_race,
+    grouped,
     lse_finish,
     online_lse,
+    race_block,
     race_noise,
+    span_argmax,
+    span_columns,
+    span_noise,
     split_offset,
     take,
     tile_rows,
@@ -56,12 +67,19 @@ def _load(
 ):
     """Columns, in-range mask, order keys and tempered log-weights ``u`` of one block."""
     cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
-    inside = row_ok[:, None] & (cols < V)[None, :]
-    x = tl.load(w_ptr + rows[:, None] * stride + cols[None, :], mask=inside, other=0.0)
+    inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols[None, :], V, inv_t, IS_LOG)
+    return cols, inside, key, u
+
+
+@triton.jit
+def _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG: tl.constexpr):
+    """In-range mask, order keys and ``u`` of the columns ``cols`` (``[1 or R, B]``) of rows."""
+    inside = row_ok[:, None] & (cols < V)
+    x = tl.load(w_ptr + rows[:, None] * stride + cols, mask=inside, other=0.0)
     x = x.to(tl.float32)
     lw = x if IS_LOG else tl.log(x)
     u = tl.where(inside, lw * inv_t, float("-inf"))
-    return cols, inside, _order_key(x), u
+    return inside, _order_key(x), u
 
 
 @triton.jit
@@ -99,6 +117,7 @@ def _categorical_kernel(
     TOP_K: tl.constexpr,
     TOP_P: tl.constexpr,
     MIN_P: tl.constexpr,
+    GROUPED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -146,23 +165,54 @@ def _categorical_kernel(
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
     best_u = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-    for start in range(0, V, BLOCK_V):
-        cols, inside, key, u = _load(w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V)
+    if GROUPED and not ARGMAX:
+        # pass 1: group log-sums and the group race; pass 2: the race inside the winning group
+        g_max = tl.full((BLOCK_N, BLOCK_V // GROUP), float("-inf"), tl.float32)
+        g_sum = tl.zeros((BLOCK_N, BLOCK_V // GROUP), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols, inside, key, u = _load(
+                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+            )
+            u = tl.where(
+                _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
+            )
+            lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+            best, best_idx = group_race(
+                best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+            )
+            if WANT_PROB:
+                g_max, g_sum = online_lse(g_max, g_sum, lse_g)
+        cols = span_columns(best_idx)
+        inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG)
         u = tl.where(_kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf"))
-        if ARGMAX:
-            race_key = u
-        else:
-            race_key = u + race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
-        blk, blk_idx = block_argmax(race_key, cols)
-        best_u = tl.where(blk > best, value_at(u, cols, blk_idx), best_u)
-        best, best_idx = take(best, best_idx, blk, blk_idx)
+        race_key = u + span_noise(seed, offset_lo, offset_hi, rows, best_idx)
+        blk, best_idx = span_argmax(race_key, cols)
+        tl.store(out_ptr + rows, best_idx, mask=row_ok)
         if WANT_PROB:
-            run_max, run_sum = online_lse(run_max, run_sum, u)
-    tl.store(out_ptr + rows, best_idx, mask=row_ok)
-    if WANT_PROB:
-        tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(run_max, run_sum)), mask=row_ok)
+            best_u = tl.max(tl.where(cols == best_idx[:, None], u, float("-inf")), axis=1)
+            tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(g_max, g_sum)), mask=row_ok)
+    else:
+        run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+        run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols, inside, key, u = _load(
+                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+            )
+            u = tl.where(
+                _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
+            )
+            if ARGMAX:
+                race_key = u
+            else:
+                race_key = u + race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+            blk, blk_idx = block_argmax(race_key, cols)
+            best_u = tl.where(blk > best, value_at(u, cols, blk_idx), best_u)
+            best, best_idx = take(best, best_idx, blk, blk_idx)
+            if WANT_PROB:
+                run_max, run_sum = online_lse(run_max, run_sum, u)
+        tl.store(out_ptr + rows, best_idx, mask=row_ok)
+        if WANT_PROB:
+            tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(run_max, run_sum)), mask=row_ok)
 
 
 @torch.library.custom_op("fastdiff::sample_categorical", mutates_args=())
@@ -184,7 +234,7 @@ def sample_categorical_op(
     out = new_output((n,), torch.int64, weights.device)
     prob = new_output((n if want_prob else 0,), torch.float32, weights.device)
     if n:
-        grid, tiles = row_tiles(n, vocab, block_v)
+        grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
         _categorical_kernel[grid](
             weights,
@@ -205,6 +255,7 @@ def sample_categorical_op(
             TOP_K=0 < top_k < vocab,
             TOP_P=top_p < 1.0,
             MIN_P=min_p > 0.0,
+            GROUPED=grouped(vocab),
             **tiles,
         )
     return out, prob
