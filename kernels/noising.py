@@ -191,18 +191,19 @@ def _dense_race_kernel(
             q_row += tl.load(mat_ptr + row) * stride_m
         if GROUPED:  # the grouped race on a one-row tile: group keys, then g*'s columns
             rows = tl.zeros((1,), dtype=tl.int64) + row
+            v_ok = tl.where(x0_ok, V, 0)  # columns to read: none for an out-of-range id
             best1 = tl.full((1,), float("-inf"), tl.float32)
             best_g = tl.zeros((1,), dtype=tl.int64)
             for start in range(0, V, BLOCK_V):
                 cols = start + tl.arange(0, BLOCK_V)[None, :]
-                inside = (cols < V) & x0_ok
+                inside = cols < v_ok
                 w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
                 lse_g = group_lse(tl.where(inside, tl.log(w), float("-inf")), 1, BLOCK_V)
                 best1, best_g = group_race(
                     best1, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
                 )
             cols = span_columns(best_g)
-            inside = (cols < V) & x0_ok
+            inside = cols < v_ok
             w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
             noise = span_noise(seed, offset_lo, offset_hi, rows, best_g)
             key = tl.where(inside, tl.log(w) + noise, float("-inf"))
