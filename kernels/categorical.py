@@ -185,7 +185,7 @@ def _categorical_kernel(
         cols = span_columns(best_idx)
         inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG)
         u = tl.where(_kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf"))
-        race_key = u + span_noise(seed, offset_lo, offset_hi, rows, best_idx)
+        race_key = u + span_noise(seed, offset_lo, offset_hi, rows, cols)
         blk, best_idx = span_argmax(race_key, cols)
         tl.store(out_ptr + rows, best_idx, mask=row_ok)
         if WANT_PROB:

@@ -123,7 +123,7 @@ def _candidates_kernel(
             keep2 = active[:, None] & (cols2 < V) & (cols2 != mask_id)
             ptrs2 = l_ptr + rows[:, None] * stride + cols2
             lg2 = tl.load(ptrs2, mask=keep2, other=float("-inf")).to(tl.float32)
-            noise2 = span_noise(seed, offset_lo, offset_hi, rows, best_idx)
+            noise2 = span_noise(seed, offset_lo, offset_hi, rows, cols2)
             key2 = tl.where(keep2, lg2 * inv_t + noise2, float("-inf"))
             _, best_idx = span_argmax(key2, cols2)
             best_l = tl.max(tl.where(cols2 == best_idx[:, None], lg2, float("-inf")), axis=1)

@@ -205,7 +205,7 @@ def _dense_race_kernel(
             cols = span_columns(best_g)
             inside = cols < v_ok
             w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
-            noise = span_noise(seed, offset_lo, offset_hi, rows, best_g)
+            noise = span_noise(seed, offset_lo, offset_hi, rows, cols)
             key = tl.where(inside, tl.log(w) + noise, float("-inf"))
             _, idx = span_argmax(key, cols)
             tl.store(out_ptr + rows, idx)

@@ -123,12 +123,12 @@ def span_columns(best_g):
 
 
 @triton.jit
-def span_noise(seed, offset_lo, offset_hi, rows, best_g):
-    """``-log E_j`` ``[R, GROUP]`` for the columns of group ``best_g [R]`` of each row (the
-    column counters ``(j // 2, row, offset_lo, offset_hi)``)."""
-    pair = (best_g * (GROUP // 2)).to(tl.uint32)[:, None] + tl.arange(0, GROUP // 2).to(tl.uint32)[
-        None, :
-    ]
+def span_noise(seed, offset_lo, offset_hi, rows, cols):
+    """``-log E_j`` ``[R, B]`` for the columns ``cols [R, B]`` (int64) of ``rows [R]``: the
+    column counters ``(j // 2, row, offset_lo, offset_hi)``, words ``(r0, r1)`` for even and
+    ``(r2, r3)`` for odd ``j``. One Philox call per column (not per pair): the tile keeps the
+    layout of ``cols``, where interleaving pair words would replicate it across threads."""
+    pair = (cols // 2).to(tl.uint32)
     row = rows.to(tl.uint32)[:, None]
     zero = pair * 0 + row * 0
     r0, r1, r2, r3 = tl.philox(
@@ -138,9 +138,8 @@ def span_noise(seed, offset_lo, offset_hi, rows, best_g):
         zero + offset_lo.to(tl.uint32),
         zero + offset_hi.to(tl.uint32),
     )
-    a = tl.interleave(r0, r2)
-    b = tl.interleave(r1, r3)
-    return -tl.log(exponential_from_words(a, b))
+    odd = (cols % 2) == 1
+    return -tl.log(exponential_from_words(tl.where(odd, r2, r0), tl.where(odd, r3, r1)))
 
 
 @triton.jit

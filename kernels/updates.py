@@ -160,7 +160,7 @@ def _grouped_update(
     keep, lw = _move_log_weights(
         s_ptr, c_ptr, rows, active & ~stay_wins, x, stride, cols, V, c0, c1, log_norm, MODE
     )
-    key = tl.where(keep, lw + span_noise(seed, offset_lo, offset_hi, rows, best_g), float("-inf"))
+    key = tl.where(keep, lw + span_noise(seed, offset_lo, offset_hi, rows, cols), float("-inf"))
     _, drawn = span_argmax(key, cols)
     drawn = tl.where(stay_wins, x, drawn)
     return tl.where(active & (best > float("-inf")), drawn, x)
