@@ -34,12 +34,13 @@ from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
-    GROUP,
     block_argmax,
     group_lse,
     group_race,
     grouped,
     lse_finish,
+    lse_merge,
+    lse_merged,
     online_lse,
     race_block,
     race_noise,
@@ -167,8 +168,8 @@ def _categorical_kernel(
     best_u = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     if GROUPED and not ARGMAX:
         # pass 1: group log-sums and the group race; pass 2: the race inside the winning group
-        g_max = tl.full((BLOCK_N, BLOCK_V // GROUP), float("-inf"), tl.float32)
-        g_sum = tl.zeros((BLOCK_N, BLOCK_V // GROUP), dtype=tl.float32)
+        g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols, inside, key, u = _load(
                 w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
@@ -181,16 +182,19 @@ def _categorical_kernel(
                 best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
             )
             if WANT_PROB:
-                g_max, g_sum = online_lse(g_max, g_sum, lse_g)
+                g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
         cols = span_columns(best_idx)
         inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG)
         u = tl.where(_kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf"))
+        # reload the key (volatile: not merged with the first load), so that the Philox key
+        # schedule of pass 2 is not kept live across pass 1 (ptxas spilled it on sm_80)
+        seed = tl.load(seed_ptr, volatile=True)
         race_key = u + span_noise(seed, offset_lo, offset_hi, rows, cols)
         blk, best_idx = span_argmax(race_key, cols)
         tl.store(out_ptr + rows, best_idx, mask=row_ok)
         if WANT_PROB:
             best_u = tl.max(tl.where(cols == best_idx[:, None], u, float("-inf")), axis=1)
-            tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(g_max, g_sum)), mask=row_ok)
+            tl.store(prob_ptr + rows, tl.exp(best_u - lse_merged(g_max, g_sum)), mask=row_ok)
     else:
         run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
         run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)

@@ -151,6 +151,23 @@ def span_argmax(key, cols):
 
 
 @triton.jit
+def lse_merge(run_max, run_sum, lse_g):
+    """Fold the group log-sums ``lse_g [R, NG]`` of a block into a per-row running log-sum-exp
+    (``run_max``, ``run_sum`` ``[R]``; finish with ``run_max + log(run_sum)``): per-row state
+    instead of per-lane, so the accumulator costs two registers, not ``2 NG``."""
+    top = tl.maximum(run_max, tl.max(lse_g, axis=1))
+    safe = tl.where(top == float("-inf"), 0.0, top)
+    return top, run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(lse_g - safe[:, None]), axis=1)
+
+
+@triton.jit
+def lse_merged(run_max, run_sum):
+    """``log sum exp`` of everything :func:`lse_merge` folded (``-inf`` if empty)."""
+    safe = tl.where(run_max == float("-inf"), 0.0, run_max)
+    return safe + tl.log(run_sum)
+
+
+@triton.jit
 def online_lse(run_max, run_sum, x):
     """One step of a blockwise log-sum-exp: per-lane running max and rescaled sum."""
     new_max = tl.maximum(run_max, x)

@@ -43,13 +43,14 @@ from fastdiff.backend import register_kernel
 from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
-    GROUP,
     block_argmax,
     column_noise,
     group_lse,
     group_race,
     grouped,
     lse_finish,
+    lse_merge,
+    lse_merged,
     online_lse,
     race_block,
     race_noise,
@@ -126,8 +127,8 @@ def _grouped_update(
     against the best group key plus the row constant. Returns the drawn column or ``x``."""
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_g = tl.zeros((BLOCK_N,), dtype=tl.int64)
-    g_max = tl.full((BLOCK_N, BLOCK_V // GROUP), float("-inf"), tl.float32)
-    g_sum = tl.zeros((BLOCK_N, BLOCK_V // GROUP), dtype=tl.float32)
+    g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
         keep, lw = _move_log_weights(
@@ -138,16 +139,16 @@ def _grouped_update(
             best, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
         )
         if MODE == 0:
-            g_sum += tl.exp(lse_g)
+            g_sum += tl.sum(tl.exp(lse_g), axis=1)
         if MODE == 2:
-            g_max, g_sum = online_lse(g_max, g_sum, lse_g)
+            g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
     stay_wins = rows < 0  # no stay option: all False
     if MODE != 1 and MODE != 4:
         if MODE == 0:
             best = best + c0
-            log_stay = _log_pos(1.0 - tl.exp(c0) * tl.sum(g_sum, axis=1))
+            log_stay = _log_pos(1.0 - tl.exp(c0) * g_sum)
         if MODE == 2:
-            lse = lse_finish(g_max, g_sum)
+            lse = lse_merged(g_max, g_sum)
             best = tl.where(best == float("-inf"), best, best - lse + c0)
             log_stay = c1
         if MODE == 3:
