@@ -195,3 +195,12 @@ def test_small_vocabulary_is_the_plain_race():
     rows = torch.arange(50)
     plain = (lw - torch.log(frandom.exponential(4, 2, rows, G))).argmax(-1)
     assert torch.equal(race(lw, rows, 4, 2), plain)
+
+
+def test_small_block_is_raised_to_the_group_and_matches_default():
+    """A block smaller than G with V > G is raised to G: the same tokens as the default block."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 300, generator=gen) * 2
+    args = (logits, True, 9, 1, 1.0, None, None, None, False)
+    small = categorical.sample_categorical(*args, block_v=16)[0]
+    assert torch.equal(small, categorical.sample_categorical(*args)[0])
