@@ -12,8 +12,9 @@ log-sum-exp (of the group log-sums when grouped). No ``[N, V]`` tensor is writte
 Filters (:func:`fastdiff.reference.sampling.filter_logits`), all without sorting, on a 32-bit
 order-preserving key of each loaded value (exact: no rounding can merge two inputs):
 
-- top-k: the k-th largest key, built bit by bit from the top (32 counting passes over the row:
-  the largest ``t`` with ``#{key >= t} >= k``); keep ``key >= t`` (ties kept);
+- top-k: the k-th largest key (the largest ``t`` with ``#{key >= t} >= k``): by radix select,
+  4 histogram passes of 8-bit digits, for tiles of at most 4 rows (long rows); built bit by bit
+  from the top (32 counting passes) for tiles of many short rows; keep ``key >= t`` (ties kept);
 - top-p: the largest ``t`` whose strictly-larger mass ``sum_{key > t} p`` is still ``>= top_p``,
   built the same way (32 mass passes after one log-sum-exp pass); keep ``key > t``: the
   smallest nucleus with its boundary ties, as the reference;
@@ -97,6 +98,54 @@ def _kept(
     return keep
 
 
+# Row tiles of at most this many rows find the top-k threshold by radix select (a histogram of
+# 256 bins per row); larger tiles (small vocabularies) keep the 32 counting passes.
+RADIX_MAX_ROWS = tl.constexpr(4)
+
+
+@triton.jit
+def _radix_kth_key(
+    w_ptr,
+    rows,
+    row_ok,
+    stride,
+    V,
+    inv_t,
+    top_k,
+    IS_LOG: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """The k-th largest order key of each row by radix select: 4 passes, one per 8-bit digit
+    from the top, each a histogram of the digit over the keys that share the digits found so
+    far; the digit is the largest ``b`` with ``#{digit >= b} >= k'`` (``k'`` the rank left).
+    The same threshold as the bitwise search: the largest ``t`` with ``#{key >= t} >= k``."""
+    prefix = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    need = tl.zeros((BLOCK_N,), dtype=tl.int32) + top_k
+    bins = tl.arange(0, 256)
+    slot_row = tl.arange(0, BLOCK_N)[:, None] * 256
+    for p in tl.static_range(4):
+        shift = 24 - 8 * p
+        hist = tl.zeros((BLOCK_N, 256), dtype=tl.int32)
+        for start in range(0, V, BLOCK_V):
+            _, inside, key, _ = _load(w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V)
+            match = inside
+            if p > 0:
+                match = match & ((key >> (shift + 8)) == prefix[:, None])
+            slot = slot_row + ((key >> shift) & 255).to(tl.int32)
+            h = tl.histogram(
+                tl.reshape(slot, (BLOCK_N * BLOCK_V,)),
+                BLOCK_N * 256,
+                mask=tl.reshape(match, (BLOCK_N * BLOCK_V,)),
+            )
+            hist += tl.reshape(h, (BLOCK_N, 256))
+        above = tl.sum(hist, axis=1)[:, None] - tl.cumsum(hist, axis=1)  # digits > b
+        digit = tl.max(tl.where(above + hist >= need[:, None], bins[None, :], 0), axis=1)
+        need -= tl.sum(tl.where(bins[None, :] == digit[:, None], above, 0), axis=1)
+        prefix = prefix * 256 + digit.to(tl.int64)
+    return prefix
+
+
 @triton.jit(do_not_specialize=["offset_lo", "offset_hi", "inv_t", "top_k", "top_p", "log_min_p"])
 def _categorical_kernel(
     w_ptr,
@@ -128,7 +177,9 @@ def _categorical_kernel(
     t_p = tl.zeros((BLOCK_N,), dtype=tl.int64)
     u_min = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     one = tl.full((), 1, tl.int64)
-    if TOP_K:  # the k-th largest key, one bit per counting pass
+    if TOP_K and BLOCK_N <= RADIX_MAX_ROWS:  # the k-th largest key, 8 bits per pass
+        t_k = _radix_kth_key(w_ptr, rows, row_ok, stride, V, inv_t, top_k, IS_LOG, BLOCK_N, BLOCK_V)
+    elif TOP_K:  # the k-th largest key, one bit per counting pass
         for bit in range(31, -1, -1):
             cand = t_k | (one << bit)
             count = tl.zeros((BLOCK_N,), dtype=tl.int32)

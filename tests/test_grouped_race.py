@@ -204,3 +204,28 @@ def test_small_block_is_raised_to_the_group_and_matches_default():
     args = (logits, True, 9, 1, 1.0, None, None, None, False)
     small = categorical.sample_categorical(*args, block_v=16)[0]
     assert torch.equal(small, categorical.sample_categorical(*args)[0])
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    vocab=st.sampled_from([300, 513, 700]),
+    top_k=st.sampled_from([1, 2, 7, 64, 255]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_topk_radix_select_equals_bitwise_search(seed, vocab, top_k, dtype):
+    """Tiles of <= 4 rows find the top-k threshold by radix select (4 histogram passes), tiles
+    of many rows by 32 counting passes: the same thresholds, so the same tokens and
+    probabilities, with ties at the boundary (every 5th logit repeats column 0) and -inf."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(8, vocab, generator=gen) * 3).to(dtype)
+    logits[:, ::5] = logits[:, :1]
+    logits[:, 3::11] = -math.inf
+    args = (logits, True, seed, 0, 1.0, top_k, None, None, True)
+    radix = categorical.sample_categorical(*args, block_v=1024)  # BLOCK_N = 4
+    bitwise = categorical.sample_categorical(*args, block_v=256)  # BLOCK_N = 16
+    assert torch.equal(radix[0], bitwise[0])
+    torch.testing.assert_close(radix[1], bitwise[1], rtol=0, atol=0)
+    with fastdiff.use_backend("reference"):
+        want = fastdiff.sample_categorical(logits=logits, seed=seed, top_k=top_k)
+    assert int((radix[0] != want).sum()) <= 1
