@@ -45,6 +45,7 @@ from fastdiff.kernels.race import (
     online_lse,
     race_block,
     race_noise,
+    reload_seed,
     span_argmax,
     span_columns,
     span_noise,
@@ -229,6 +230,7 @@ def _categorical_kernel(
                 _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
             )
             lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+            seed = reload_seed(seed_ptr)
             best, best_idx = group_race(
                 best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
             )
@@ -237,9 +239,7 @@ def _categorical_kernel(
         cols = span_columns(best_idx)
         inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG)
         u = tl.where(_kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf"))
-        # reload the key (volatile: not merged with the first load), so that the Philox key
-        # schedule of pass 2 is not kept live across pass 1 (ptxas spilled it on sm_80)
-        seed = tl.load(seed_ptr, volatile=True)
+        seed = reload_seed(seed_ptr)
         race_key = u + span_noise(seed, offset_lo, offset_hi, rows, cols)
         blk, best_idx = span_argmax(race_key, cols)
         tl.store(out_ptr + rows, best_idx, mask=row_ok)

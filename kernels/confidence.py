@@ -34,8 +34,11 @@ from fastdiff.kernels.race import (
     group_race,
     grouped,
     lse_finish,
+    lse_merge,
+    lse_merged,
     race_block,
     race_noise,
+    reload_seed,
     span_argmax,
     span_columns,
     span_noise,
@@ -83,6 +86,8 @@ def _candidates_kernel(
         run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
         run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         run_dot = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        row_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        row_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
             keep = active[:, None] & ((cols < V) & (cols != mask_id))[None, :]
@@ -90,6 +95,7 @@ def _candidates_kernel(
             lg = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
             if RACE_GROUPS:  # pass 1 of the grouped race: the group keys
                 lse_g = group_lse(tl.where(keep, lg * inv_t, float("-inf")), BLOCK_N, BLOCK_V)
+                seed = reload_seed(seed_ptr)
                 best, best_idx = group_race(
                     best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
                 )
@@ -102,17 +108,22 @@ def _candidates_kernel(
                 blk, blk_idx = block_argmax(key, cols)
                 best_l = tl.where(blk > best, value_at(lg, cols, blk_idx), best_l)
                 best, best_idx = take(best, best_idx, blk, blk_idx)
-            # online log-sum-exp per lane, with sum e^(l - M)(l - M) alongside for the entropy
-            new_max = tl.maximum(run_max, lg)
-            safe = tl.where(new_max == float("-inf"), 0.0, new_max)
-            rescale = tl.exp(run_max - safe)
-            e = tl.exp(lg - safe)
-            if CONF == 2:
-                shift = tl.where(run_max == float("-inf"), 0.0, run_max - safe)
-                run_dot = rescale * (run_dot + shift * run_sum)
-                run_dot += tl.where(keep, e * (lg - safe), 0.0)
-            run_sum = run_sum * rescale + e
-            run_max = new_max
+            if RACE_GROUPS and CONF != 2:
+                # per-row running log-sum-exp (one exp per element, two registers per row): the
+                # two-pass kernel holds fewer values through its loop than with per-lane sums
+                row_max, row_sum = lse_merge(row_max, row_sum, lg)
+            else:
+                # online log-sum-exp per lane, with sum e^(l - M)(l - M) for the entropy
+                new_max = tl.maximum(run_max, lg)
+                safe = tl.where(new_max == float("-inf"), 0.0, new_max)
+                rescale = tl.exp(run_max - safe)
+                e = tl.exp(lg - safe)
+                if CONF == 2:
+                    shift = tl.where(run_max == float("-inf"), 0.0, run_max - safe)
+                    run_dot = rescale * (run_dot + shift * run_sum)
+                    run_dot += tl.where(keep, e * (lg - safe), 0.0)
+                run_sum = run_sum * rescale + e
+                run_max = new_max
             if CONF == 1:
                 b1, i1 = block_argmax(lg, cols)
                 b2 = tl.max(tl.where(cols[None, :] == i1[:, None], float("-inf"), lg), axis=1)
@@ -123,11 +134,15 @@ def _candidates_kernel(
             keep2 = active[:, None] & (cols2 < V) & (cols2 != mask_id)
             ptrs2 = l_ptr + rows[:, None] * stride + cols2
             lg2 = tl.load(ptrs2, mask=keep2, other=float("-inf")).to(tl.float32)
+            seed = reload_seed(seed_ptr)
             noise2 = span_noise(seed, offset_lo, offset_hi, rows, cols2)
             key2 = tl.where(keep2, lg2 * inv_t + noise2, float("-inf"))
             _, best_idx = span_argmax(key2, cols2)
             best_l = tl.max(tl.where(cols2 == best_idx[:, None], lg2, float("-inf")), axis=1)
-        lse = lse_finish(run_max, run_sum)
+        if RACE_GROUPS and CONF != 2:
+            lse = lse_merged(row_max, row_sum)
+        else:
+            lse = lse_finish(run_max, run_sum)
         if CONF == 0:
             value = tl.exp(best_l - lse)
         if CONF == 1:

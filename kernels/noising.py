@@ -31,6 +31,7 @@ from fastdiff.kernels.race import (
     group_race,
     grouped,
     race_block,
+    reload_seed,
     span_argmax,
     span_columns,
     span_noise,
@@ -199,12 +200,14 @@ def _dense_race_kernel(
                 inside = cols < v_ok
                 w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
                 lse_g = group_lse(tl.where(inside, tl.log(w), float("-inf")), 1, BLOCK_V)
+                seed = reload_seed(seed_ptr)
                 best1, best_g = group_race(
                     best1, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
                 )
             cols = span_columns(best_g)
             inside = cols < v_ok
             w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
+            seed = reload_seed(seed_ptr)
             noise = span_noise(seed, offset_lo, offset_hi, rows, cols)
             key = tl.where(inside, tl.log(w) + noise, float("-inf"))
             _, idx = span_argmax(key, cols)

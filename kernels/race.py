@@ -94,6 +94,15 @@ def group_lse(lw, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
+def reload_seed(seed_ptr):
+    """The Philox key loaded again (volatile, so neither merged with an earlier load nor hoisted
+    out of a loop): a kernel calls it in each block of a streaming loop and before pass 2, so
+    that the compiler recomputes the key schedule there instead of holding its ~20 words in
+    registers through the loop (which spilled at sm_90 / sm_80)."""
+    return tl.load(seed_ptr, volatile=True)
+
+
+@triton.jit
 def group_noise(seed, offset_lo, offset_hi, rows, groups):
     """``-log E'_g`` for the groups ``groups [NG]`` (int64) of ``rows [R]``: ``[R, NG]``, words
     ``(r0, r1)`` of counter ``(2^30 + g, row, offset_lo, offset_hi)``."""

@@ -54,6 +54,7 @@ from fastdiff.kernels.race import (
     online_lse,
     race_block,
     race_noise,
+    reload_seed,
     span_argmax,
     span_columns,
     span_noise,
@@ -110,7 +111,7 @@ def _grouped_update(
     rows,
     active,
     x,
-    seed,
+    seed_ptr,
     stride,
     V,
     offset_lo,
@@ -135,6 +136,7 @@ def _grouped_update(
             s_ptr, c_ptr, rows, active, x, stride, cols[None, :], V, c0, c1, log_norm, MODE
         )
         lse_g = group_lse(lw, BLOCK_N, BLOCK_V)
+        seed = reload_seed(seed_ptr)
         best, best_g = group_race(
             best, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
         )
@@ -142,6 +144,7 @@ def _grouped_update(
             g_sum += tl.sum(tl.exp(lse_g), axis=1)
         if MODE == 2:
             g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
+    seed = reload_seed(seed_ptr)
     stay_wins = rows < 0  # no stay option: all False
     if MODE != 1 and MODE != 4:
         if MODE == 0:
@@ -206,7 +209,7 @@ def _update_kernel(
                 rows,
                 active,
                 x,
-                seed,
+                seed_ptr,
                 stride,
                 V,
                 offset_lo,
