@@ -25,7 +25,14 @@ import triton.language as tl
 
 from fastdiff.kernels.philox_noise import log1p_neg, tile_pair_words
 
-_TWO_PI_2M32 = 1.4629180792671596e-09  # 2 pi 2^-32
+# Module-level numbers read inside @triton.jit functions must be constexpr: a plain float is a
+# compile error on every GPU target ("Cannot access global variable"), though the interpreter
+# accepts it.
+_TWO_PI_2M32 = tl.constexpr(1.4629180792671596e-09)  # 2 pi 2^-32
+# The complement of a uint32 word is ``x ^ 0xFFFFFFFF`` (a uint32 constant), not ``~x``: the
+# interpreter of triton 3.8 builds ``~`` from an all-ones *signed* -1, which numpy 2 refuses to
+# cast to uint32 ("Python integer -1 out of bounds for uint32"); the compiled code is the same.
+_ALL_ONES_32 = tl.constexpr(0xFFFFFFFF)
 
 
 @triton.jit
@@ -47,14 +54,14 @@ def normal_pair(r0, r1, r2):
     """The two fp32 normals ``(R cos theta, R sin theta)`` of one column pair (module
     docstring) from its Philox words ``r0, r1, r2`` (uint32, any shape)."""
     upper = (r0 >> 31) != 0  # U >= 1/2: W = 1 - U is the complement of the 52 bits
-    a = tl.where(upper, ~r0, r0) & 0x7FFFFFFF
-    b = tl.where(upper, ~r1, r1) >> 12
+    a = tl.where(upper, r0 ^ _ALL_ONES_32, r0) & 0x7FFFFFFF
+    b = tl.where(upper, r1 ^ _ALL_ONES_32, r1) >> 12
     w = a.to(tl.float32) * 2.3283064365386963e-10 + (b.to(tl.float32) + 0.5) * 2.220446049250313e-16
     minus_log_u = tl.where(upper, -log1p_neg(w), -tl.log(w))
     radius = tl.sqrt_rn(2.0 * minus_log_u)
     octant = r2 >> 29
     odd = (octant & 1) != 0
-    t = ((tl.where(odd, ~r2, r2) & 0x1FFFFFFF).to(tl.float32) + 0.5) * _TWO_PI_2M32
+    t = ((tl.where(odd, r2 ^ _ALL_ONES_32, r2) & 0x1FFFFFFF).to(tl.float32) + 0.5) * _TWO_PI_2M32
     s, c = _sin_cos(t)
     s = tl.where(odd, -s, s)  # theta = q pi/2 + u with u = +-t
     q = ((octant + odd.to(tl.uint32)) >> 1) & 3

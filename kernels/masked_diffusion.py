@@ -42,19 +42,19 @@ def _mdlm_kernel(
     if x == mask_id:
         s_row = s_ptr + row * stride_s
         x0 = tl.load(x0_ptr + row)
-        run_max = tl.full((BLOCK_V,), float("-inf"), tl.float32)
-        run_sum = tl.zeros((BLOCK_V,), dtype=tl.float32)
+        # log-sum-exp with one running max per row: the block's max is a reduction, so each
+        # element costs one exp (a running max per lane would cost two)
+        row_max = tl.full((), float("-inf"), tl.float32)
+        total = tl.zeros((), dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + cols0
             keep = (cols < V) & (cols != mask_id)
             s = tl.load(s_row + cols, mask=keep, other=float("-inf")).to(tl.float32)
-            new_max = tl.maximum(run_max, s)
+            new_max = tl.maximum(row_max, tl.max(s, axis=0))
             safe = tl.where(new_max == float("-inf"), 0.0, new_max)
-            run_sum = run_sum * tl.exp(run_max - safe) + tl.exp(s - safe)
-            run_max = new_max
-        row_max = tl.max(run_max, axis=0)
+            total = total * tl.exp(row_max - safe) + tl.sum(tl.exp(s - safe), axis=0)
+            row_max = new_max
         safe_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-        total = tl.sum(run_sum * tl.exp(run_max - safe_max), axis=0)
         log_z = safe_max + tl.log(total)
         # every thread reads s[x0] before any gradient store (in-place use); an id out of range
         # (value checks off) reads nothing and gives a NaN loss

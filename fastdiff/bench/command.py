@@ -7,6 +7,8 @@ Examples:
     fastdiff bench --ops training --dtype bfloat16 # the loss family on the GPU
     fastdiff bench --ops score_entropy_absorb --shapes 16384x50258 --providers fastdiff sedd
     fastdiff bench --compare A.json B.json         # ratio table of two result files
+    fastdiff bench --model                         # throughput MODEL of the hot kernels from
+                                                   # their compiled SASS (no GPU needed)
 
 (``python -m fastdiff.bench`` is the same command.)
 """
@@ -101,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the ratio table of two result files and exit",
     )
     parser.add_argument("--list", action="store_true", help="list the ops and exit")
+    parser.add_argument(
+        "--model",
+        action="store_true",
+        help="instead of timing: compile each hot kernel for sm_90 and sm_80 (no GPU needed) "
+        "and print the throughput MODEL of its SASS against the copy bandwidth; JSON and PNG "
+        "under --out",
+    )
 
 
 def _list() -> str:
@@ -129,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_list())
         return 0
+    if args.model:
+        from fastdiff.bench import throughput_model
+
+        return throughput_model.main(args.out, plot_png=not args.no_plot)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here")
