@@ -291,11 +291,6 @@ def sample_categorical_op(
     if n:
         grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
-        if grouped(vocab) and 0 < top_k < vocab:
-            # an explicit register bound: without one ptxas keeps 80 registers at 8 warps and
-            # spills 8 bytes across the top-k counting passes of the two-pass kernel (sm_90).
-            # Only there: elsewhere it would trade occupancy (64 -> 104 registers) for nothing.
-            tiles["maxnreg"] = 255
         _categorical_kernel[grid](
             weights,
             out,
