@@ -15,8 +15,26 @@ Transforms from the 64 bits of a column:
   ``E``) or ``E = -log1p(-W)`` (lower half). Both tails are exact to float64 rounding: ``E``
   reaches ``2^-64`` and ``44``, where float32 uniforms stop at ``6e-8`` and ``16.6``. This is
   what makes Gumbel-max sampling (``argmax w / E``) match float64 sampling for rare tokens.
+- :func:`group_exponential`: the ``Exp(1)`` of the group draw of the grouped race below, from
+  words ``(r0, r1)`` of counter ``(2^30 + g, row, offset_lo, offset_hi)`` for group ``g``.
 - :func:`normal`: Box-Muller with a 52-bit radius uniform and a 32-bit angle (``z`` for even
   columns is ``R cos``, odd columns ``R sin`` of the same pair).
+
+The grouped exponential race (every categorical draw of fastdiff). Columns form groups of
+``RACE_GROUP = G = 256``: group ``g`` of a row holds columns ``[gG, (g + 1)G) ∩ [0, V)``.
+
+- ``V <= G``: the plain race ``argmax_j (log w_j - log E_j)`` over the columns, with ``E_j``
+  the column exponentials (counter ``(j // 2, row, ...)``).
+- ``V > G``: group keys ``K_g = log W_g - log E'_g`` with ``W_g = sum_{j in g} w_j`` (``-inf``
+  when the group has no positive weight) and ``E'_g`` from :func:`group_exponential`; the group
+  ``g* = argmax_g K_g``, then the column ``j* = argmax_{j in g*} (log w_j - log E_j)`` with the
+  usual column exponentials. Ties go to the lowest group and the lowest column.
+
+This is exactly ``Cat(w)``: the minimum of independent exponentials makes ``P(g*) = W_g / W``
+and, given ``g*``, ``j*`` an independent draw from ``w_j / W_g``; both stages keep the exact
+tails. Column counters use ``c0 = j // 2 < 2^30`` (``V < 2^31`` is required), group counters
+``c0 = 2^30 + g``, so the two never share a Philox call. A kernel then reads the row once for
+the group totals and ``G`` columns of ``g*`` instead of generating noise for all ``V``.
 
 Seeds: ops take ``seed`` (a Python int or an int64 tensor, possibly on the GPU) or a
 ``torch.Generator``; :func:`resolve_seed` draws a 63-bit seed from the generator with
@@ -41,6 +59,14 @@ PHILOX_ROUNDS = 10
 _TWO_POW_M32 = 2.0**-32
 _TWO_POW_M64 = 2.0**-64
 _TWO_POW_M52 = 2.0**-52
+
+# Columns per group of the grouped exponential race (module docstring); fixed, independent of
+# any kernel's block size.
+RACE_GROUP = 256
+# Group g draws from counter word c0 = GROUP_COUNTER_BASE + g; column counters stay below it.
+GROUP_COUNTER_BASE = 1 << 30
+# The largest vocabulary the race accepts: columns 2^31 - 1 and below keep j // 2 < 2^30.
+MAX_RACE_COLUMNS = (1 << 31) - 1
 
 # Rows processed per chunk: keeps the integer temporaries of Philox in cache on the CPU.
 _CHUNK_ELEMENTS = 1 << 16
@@ -167,6 +193,52 @@ def exponential(
     same numbers as drawing all of them and indexing.
     """
     return _draw(_exponential_from_words, seed, offset, rows, n_cols)
+
+
+def exponential_at(
+    seed: int | torch.Tensor, offset: int, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """float64 ``Exp(1)`` of the columns ``cols [n, k]`` (int64) of ``rows [n]``: the same
+    numbers as ``exponential(seed, offset, rows, V)[i, cols[i, c]]`` without drawing the rest."""
+    rows = rows.reshape(-1, 1)
+    zero = torch.zeros((), dtype=torch.int64, device=rows.device)
+    off_lo, off_hi = offset & _MASK32, (offset >> 32) & _MASK32
+    r0, r1, r2, r3 = philox4x32(seed, cols // 2 + zero, rows + zero, zero + off_lo, zero + off_hi)
+    odd = (cols % 2) == 1
+    return _exponential_from_words(torch.where(odd, r2, r0), torch.where(odd, r3, r1))
+
+
+def exponential_span(
+    seed: int | torch.Tensor, offset: int, rows: torch.Tensor, starts: torch.Tensor, n_cols: int
+) -> torch.Tensor:
+    """float64 ``Exp(1)`` ``[n, n_cols]`` of the columns ``starts[i] + [0, n_cols)`` of
+    ``rows[i]`` (``starts`` even): :func:`exponential_at` with one Philox call per column pair."""
+    rows = rows.reshape(-1, 1)
+    zero = torch.zeros((), dtype=torch.int64, device=rows.device)
+    pairs = starts.reshape(-1, 1) // 2 + torch.arange((n_cols + 1) // 2, device=rows.device)
+    off_lo, off_hi = offset & _MASK32, (offset >> 32) & _MASK32
+    r0, r1, r2, r3 = philox4x32(seed, pairs + zero, rows + zero, zero + off_lo, zero + off_hi)
+    a = torch.stack((r0, r2), dim=-1).flatten(-2)[..., :n_cols]
+    b = torch.stack((r1, r3), dim=-1).flatten(-2)[..., :n_cols]
+    return _exponential_from_words(a, b)
+
+
+def group_exponential(
+    seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """float64 ``Exp(1)`` ``[len(rows), n_groups]`` of the group draw of the grouped race.
+
+    Group ``g`` of row ``r`` takes words ``(r0, r1)`` of Philox counter ``(2^30 + g, r,
+    offset_lo, offset_hi)`` through the exponential transform of the columns (exact tails).
+    """
+    rows = rows.reshape(-1, 1)
+    zero = torch.zeros((), dtype=torch.int64, device=rows.device)
+    groups = GROUP_COUNTER_BASE + torch.arange(n_groups, dtype=torch.int64, device=rows.device)
+    off_lo, off_hi = offset & _MASK32, (offset >> 32) & _MASK32
+    r0, r1, _, _ = philox4x32(
+        seed, groups[None, :] + zero, rows + zero, zero + off_lo, zero + off_hi
+    )
+    return _exponential_from_words(r0, r1)
 
 
 def normal(seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_cols: int) -> torch.Tensor:

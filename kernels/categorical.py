@@ -1,16 +1,20 @@
 """Categorical sampling kernel: one pass of Gumbel-max per row, filters without a sort.
 
-Each program takes a tile of rows and streams the vocabulary in blocks with a running argmax
-of ``u_j - log E_j`` where ``u = log w / T`` (:mod:`fastdiff.kernels.race`), on the reference's
-Philox stream, so the same seed draws the same token as the reference backend except where two
-keys tie within fp32 rounding; ties go to the lowest index. The chosen token's probability
-comes from an online log-sum-exp in the same pass. No ``[N, V]`` tensor is written.
+Each program takes a tile of rows and streams the vocabulary in blocks. Rows of at most
+``G = 256`` columns keep a running argmax of ``u_j - log E_j`` where ``u = log w / T``
+(:mod:`fastdiff.kernels.race`); longer rows use the grouped race: pass 1 reduces each block to
+group log-sum-exps of ``u`` and races the group keys, pass 2 re-reads the ``G`` columns of the
+winning group and races them. Both follow the reference's Philox stream, so the same seed
+draws the same token as the reference backend except where two keys tie within fp32 rounding;
+ties go to the lowest group / index. The chosen token's probability comes from an online
+log-sum-exp (of the group log-sums when grouped). No ``[N, V]`` tensor is written.
 
 Filters (:func:`fastdiff.reference.sampling.filter_logits`), all without sorting, on a 32-bit
 order-preserving key of each loaded value (exact: no rounding can merge two inputs):
 
-- top-k: the k-th largest key, built bit by bit from the top (32 counting passes over the row:
-  the largest ``t`` with ``#{key >= t} >= k``); keep ``key >= t`` (ties kept);
+- top-k: the k-th largest key (the largest ``t`` with ``#{key >= t} >= k``): by radix select,
+  4 histogram passes of 8-bit digits, for tiles of at most 4 rows (long rows); built bit by bit
+  from the top (32 counting passes) for tiles of many short rows; keep ``key >= t`` (ties kept);
 - top-p: the largest ``t`` whose strictly-larger mass ``sum_{key > t} p`` is still ``>= top_p``,
   built the same way (32 mass passes after one log-sum-exp pass); keep ``key > t``: the
   smallest nucleus with its boundary ties, as the reference;
@@ -32,9 +36,19 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    group_lse,
+    group_race,
+    grouped,
     lse_finish,
+    lse_merge,
+    lse_merged,
     online_lse,
+    race_block,
     race_noise,
+    reload_seed,
+    span_argmax,
+    span_columns,
+    span_noise,
     split_offset,
     take,
     tile_rows,
@@ -56,12 +70,19 @@ def _load(
 ):
     """Columns, in-range mask, order keys and tempered log-weights ``u`` of one block."""
     cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
-    inside = row_ok[:, None] & (cols < V)[None, :]
-    x = tl.load(w_ptr + rows[:, None] * stride + cols[None, :], mask=inside, other=0.0)
+    inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols[None, :], V, inv_t, IS_LOG)
+    return cols, inside, key, u
+
+
+@triton.jit
+def _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG: tl.constexpr):
+    """In-range mask, order keys and ``u`` of the columns ``cols`` (``[1 or R, B]``) of rows."""
+    inside = row_ok[:, None] & (cols < V)
+    x = tl.load(w_ptr + rows[:, None] * stride + cols, mask=inside, other=0.0)
     x = x.to(tl.float32)
     lw = x if IS_LOG else tl.log(x)
     u = tl.where(inside, lw * inv_t, float("-inf"))
-    return cols, inside, _order_key(x), u
+    return inside, _order_key(x), u
 
 
 @triton.jit
@@ -76,6 +97,54 @@ def _kept(
     if MIN_P:
         keep = keep & (u >= u_min[:, None])
     return keep
+
+
+# Row tiles of at most this many rows find the top-k threshold by radix select (a histogram of
+# 256 bins per row); larger tiles (small vocabularies) keep the 32 counting passes.
+RADIX_MAX_ROWS = tl.constexpr(4)
+
+
+@triton.jit
+def _radix_kth_key(
+    w_ptr,
+    rows,
+    row_ok,
+    stride,
+    V,
+    inv_t,
+    top_k,
+    IS_LOG: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """The k-th largest order key of each row by radix select: 4 passes, one per 8-bit digit
+    from the top, each a histogram of the digit over the keys that share the digits found so
+    far; the digit is the largest ``b`` with ``#{digit >= b} >= k'`` (``k'`` the rank left).
+    The same threshold as the bitwise search: the largest ``t`` with ``#{key >= t} >= k``."""
+    prefix = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    need = tl.zeros((BLOCK_N,), dtype=tl.int32) + top_k
+    bins = tl.arange(0, 256)
+    slot_row = tl.arange(0, BLOCK_N)[:, None] * 256
+    for p in tl.static_range(4):
+        shift = 24 - 8 * p
+        hist = tl.zeros((BLOCK_N, 256), dtype=tl.int32)
+        for start in range(0, V, BLOCK_V):
+            _, inside, key, _ = _load(w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V)
+            match = inside
+            if p > 0:
+                match = match & ((key >> (shift + 8)) == prefix[:, None])
+            slot = slot_row + ((key >> shift) & 255).to(tl.int32)
+            h = tl.histogram(
+                tl.reshape(slot, (BLOCK_N * BLOCK_V,)),
+                BLOCK_N * 256,
+                mask=tl.reshape(match, (BLOCK_N * BLOCK_V,)),
+            )
+            hist += tl.reshape(h, (BLOCK_N, 256))
+        above = tl.sum(hist, axis=1)[:, None] - tl.cumsum(hist, axis=1)  # digits > b
+        digit = tl.max(tl.where(above + hist >= need[:, None], bins[None, :], 0), axis=1)
+        need -= tl.sum(tl.where(bins[None, :] == digit[:, None], above, 0), axis=1)
+        prefix = prefix * 256 + digit.to(tl.int64)
+    return prefix
 
 
 @triton.jit(do_not_specialize=["offset_lo", "offset_hi", "inv_t", "top_k", "top_p", "log_min_p"])
@@ -99,6 +168,7 @@ def _categorical_kernel(
     TOP_K: tl.constexpr,
     TOP_P: tl.constexpr,
     MIN_P: tl.constexpr,
+    GROUPED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -108,7 +178,9 @@ def _categorical_kernel(
     t_p = tl.zeros((BLOCK_N,), dtype=tl.int64)
     u_min = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     one = tl.full((), 1, tl.int64)
-    if TOP_K:  # the k-th largest key, one bit per counting pass
+    if TOP_K and BLOCK_N <= RADIX_MAX_ROWS:  # the k-th largest key, 8 bits per pass
+        t_k = _radix_kth_key(w_ptr, rows, row_ok, stride, V, inv_t, top_k, IS_LOG, BLOCK_N, BLOCK_V)
+    elif TOP_K:  # the k-th largest key, one bit per counting pass
         for bit in range(31, -1, -1):
             cand = t_k | (one << bit)
             count = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -146,23 +218,56 @@ def _categorical_kernel(
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
     best_u = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-    for start in range(0, V, BLOCK_V):
-        cols, inside, key, u = _load(w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V)
+    if GROUPED and not ARGMAX:
+        # pass 1: group log-sums and the group race; pass 2: the race inside the winning group
+        g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols, inside, key, u = _load(
+                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+            )
+            u = tl.where(
+                _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
+            )
+            lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+            seed = reload_seed(seed_ptr)
+            best, best_idx = group_race(
+                best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+            )
+            if WANT_PROB:
+                g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
+        cols = span_columns(best_idx)
+        inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols, V, inv_t, IS_LOG)
         u = tl.where(_kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf"))
-        if ARGMAX:
-            race_key = u
-        else:
-            race_key = u + race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
-        blk, blk_idx = block_argmax(race_key, cols)
-        best_u = tl.where(blk > best, value_at(u, cols, blk_idx), best_u)
-        best, best_idx = take(best, best_idx, blk, blk_idx)
+        seed = reload_seed(seed_ptr)
+        race_key = u + span_noise(seed, offset_lo, offset_hi, rows, cols)
+        blk, best_idx = span_argmax(race_key, cols)
+        tl.store(out_ptr + rows, best_idx, mask=row_ok)
         if WANT_PROB:
-            run_max, run_sum = online_lse(run_max, run_sum, u)
-    tl.store(out_ptr + rows, best_idx, mask=row_ok)
-    if WANT_PROB:
-        tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(run_max, run_sum)), mask=row_ok)
+            best_u = tl.max(tl.where(cols == best_idx[:, None], u, float("-inf")), axis=1)
+            tl.store(prob_ptr + rows, tl.exp(best_u - lse_merged(g_max, g_sum)), mask=row_ok)
+    else:
+        run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+        run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols, inside, key, u = _load(
+                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
+            )
+            u = tl.where(
+                _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
+            )
+            if ARGMAX:
+                race_key = u
+            else:
+                race_key = u + race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+            blk, blk_idx = block_argmax(race_key, cols)
+            best_u = tl.where(blk > best, value_at(u, cols, blk_idx), best_u)
+            best, best_idx = take(best, best_idx, blk, blk_idx)
+            if WANT_PROB:
+                run_max, run_sum = online_lse(run_max, run_sum, u)
+        tl.store(out_ptr + rows, best_idx, mask=row_ok)
+        if WANT_PROB:
+            tl.store(prob_ptr + rows, tl.exp(best_u - lse_finish(run_max, run_sum)), mask=row_ok)
 
 
 @torch.library.custom_op("fastdiff::sample_categorical", mutates_args=())
@@ -184,7 +289,7 @@ def sample_categorical_op(
     out = new_output((n,), torch.int64, weights.device)
     prob = new_output((n if want_prob else 0,), torch.float32, weights.device)
     if n:
-        grid, tiles = row_tiles(n, vocab, block_v)
+        grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
         _categorical_kernel[grid](
             weights,
@@ -205,6 +310,7 @@ def sample_categorical_op(
             TOP_K=0 < top_k < vocab,
             TOP_P=top_p < 1.0,
             MIN_P=min_p > 0.0,
+            GROUPED=grouped(vocab),
             **tiles,
         )
     return out, prob

@@ -4,7 +4,9 @@ For each masked, non-fixed row, with ``p = softmax(logits)`` over ``j != m``
 (:func:`fastdiff.reference.updates.unmask_candidates`), one streaming pass keeps
 
 - the proposal: a running argmax of ``l_j`` (temperature 0) or of ``l_j / T - log E_j`` on the
-  reference's Philox stream, with the winner's logit;
+  reference's Philox stream, with the winner's logit; for rows longer than ``G = 256`` columns
+  the grouped race (:mod:`fastdiff.random`): the pass races the group log-sums of ``l / T`` and
+  a second pass races the ``G`` columns of the winning group;
 - an online log-sum-exp ``lse`` of the logits and, for the entropy, ``sum_j e^(l_j - M)
   (l_j - M)`` rescaled with the running max ``M`` (relative to the max, so a peaked row does
   not cancel two large terms);
@@ -28,8 +30,18 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    group_lse,
+    group_race,
+    grouped,
     lse_finish,
+    lse_merge,
+    lse_merged,
+    race_block,
     race_noise,
+    reload_seed,
+    span_argmax,
+    span_columns,
+    span_noise,
     split_offset,
     take,
     tile_tokens,
@@ -57,6 +69,7 @@ def _candidates_kernel(
     ARGMAX: tl.constexpr,
     CONF: tl.constexpr,
     HAS_FIXED: tl.constexpr,
+    RACE_GROUPS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -73,36 +86,63 @@ def _candidates_kernel(
         run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
         run_sum = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         run_dot = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        row_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        row_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
             keep = active[:, None] & ((cols < V) & (cols != mask_id))[None, :]
             ptrs = l_ptr + rows[:, None] * stride + cols[None, :]
             lg = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
-            if ARGMAX:
-                key = lg
+            if RACE_GROUPS:  # pass 1 of the grouped race: the group keys
+                lse_g = group_lse(tl.where(keep, lg * inv_t, float("-inf")), BLOCK_N, BLOCK_V)
+                seed = reload_seed(seed_ptr)
+                best, best_idx = group_race(
+                    best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+                )
             else:
-                noise = race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
-                key = tl.where(keep, lg * inv_t + noise, float("-inf"))
-            blk, blk_idx = block_argmax(key, cols)
-            best_l = tl.where(blk > best, value_at(lg, cols, blk_idx), best_l)
-            best, best_idx = take(best, best_idx, blk, blk_idx)
-            # online log-sum-exp per lane, with sum e^(l - M)(l - M) alongside for the entropy
-            new_max = tl.maximum(run_max, lg)
-            safe = tl.where(new_max == float("-inf"), 0.0, new_max)
-            rescale = tl.exp(run_max - safe)
-            e = tl.exp(lg - safe)
-            if CONF == 2:
-                shift = tl.where(run_max == float("-inf"), 0.0, run_max - safe)
-                run_dot = rescale * (run_dot + shift * run_sum)
-                run_dot += tl.where(keep, e * (lg - safe), 0.0)
-            run_sum = run_sum * rescale + e
-            run_max = new_max
+                if ARGMAX:
+                    key = lg
+                else:
+                    noise = race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+                    key = tl.where(keep, lg * inv_t + noise, float("-inf"))
+                blk, blk_idx = block_argmax(key, cols)
+                best_l = tl.where(blk > best, value_at(lg, cols, blk_idx), best_l)
+                best, best_idx = take(best, best_idx, blk, blk_idx)
+            if RACE_GROUPS and CONF != 2:
+                # per-row running log-sum-exp (one exp per element, two registers per row): the
+                # two-pass kernel holds fewer values through its loop than with per-lane sums
+                row_max, row_sum = lse_merge(row_max, row_sum, lg)
+            else:
+                # online log-sum-exp per lane, with sum e^(l - M)(l - M) for the entropy
+                new_max = tl.maximum(run_max, lg)
+                safe = tl.where(new_max == float("-inf"), 0.0, new_max)
+                rescale = tl.exp(run_max - safe)
+                e = tl.exp(lg - safe)
+                if CONF == 2:
+                    shift = tl.where(run_max == float("-inf"), 0.0, run_max - safe)
+                    run_dot = rescale * (run_dot + shift * run_sum)
+                    run_dot += tl.where(keep, e * (lg - safe), 0.0)
+                run_sum = run_sum * rescale + e
+                run_max = new_max
             if CONF == 1:
                 b1, i1 = block_argmax(lg, cols)
                 b2 = tl.max(tl.where(cols[None, :] == i1[:, None], float("-inf"), lg), axis=1)
                 top2 = tl.maximum(tl.maximum(tl.minimum(top1, b1), top2), b2)
                 top1 = tl.maximum(top1, b1)
-        lse = lse_finish(run_max, run_sum)
+        if RACE_GROUPS:  # pass 2: the race over the columns of the winning group
+            cols2 = span_columns(best_idx)
+            keep2 = active[:, None] & (cols2 < V) & (cols2 != mask_id)
+            ptrs2 = l_ptr + rows[:, None] * stride + cols2
+            lg2 = tl.load(ptrs2, mask=keep2, other=float("-inf")).to(tl.float32)
+            seed = reload_seed(seed_ptr)
+            noise2 = span_noise(seed, offset_lo, offset_hi, rows, cols2)
+            key2 = tl.where(keep2, lg2 * inv_t + noise2, float("-inf"))
+            _, best_idx = span_argmax(key2, cols2)
+            best_l = tl.max(tl.where(cols2 == best_idx[:, None], lg2, float("-inf")), axis=1)
+        if RACE_GROUPS and CONF != 2:
+            lse = lse_merged(row_max, row_sum)
+        else:
+            lse = lse_finish(run_max, run_sum)
         if CONF == 0:
             value = tl.exp(best_l - lse)
         if CONF == 1:
@@ -139,7 +179,7 @@ def unmask_candidates_op(
     xhat = new_output((n,), torch.int64, logits.device)
     conf = new_output((n,), torch.float32, logits.device)
     if n:
-        grid, tiles = row_tiles(n, vocab, block_v)
+        grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
         _candidates_kernel[grid](
             logits,
@@ -157,6 +197,7 @@ def unmask_candidates_op(
             ARGMAX=argmax,
             CONF=confidence,
             HAS_FIXED=fixed is not None,
+            RACE_GROUPS=grouped(vocab) and not argmax,
             **tiles,
         )
     return xhat, conf

@@ -4,7 +4,8 @@ Randomness is keyed by (seed, offset, row, column) exactly as in
 :mod:`fastdiff.reference.noising`, so for the same seed the kernels and the reference give the
 same tokens, whatever the block sizes: the per-row decision ``u < 1 - e^-sigma`` is made in
 fp64 on the same 52-bit uniform and the uniform token uses the same integer formula (bit-exact);
-the dense-matrix race differs only at keys that tie within fp32 rounding. Fixed rows are never
+the dense-matrix race (the grouped race of :mod:`fastdiff.random` for rows longer than 256
+columns) differs only at keys that tie within fp32 rounding. Fixed rows are never
 changed. Both are custom ops (``fastdiff::corrupt``, ``fastdiff::corrupt_dense``) with fake
 implementations, so they trace under ``torch.compile(fullgraph=True)``.
 """
@@ -18,12 +19,22 @@ import triton
 import triton.language as tl
 
 from fastdiff.backend import register_kernel
-from fastdiff.kernels.launch import block_size, new_output, num_warps
+from fastdiff.kernels.launch import new_output, num_warps
 from fastdiff.kernels.philox_noise import (
     column_words,
     exponential_from_words,
     index_from_words,
     uniform52_from_words,
+)
+from fastdiff.kernels.race import (
+    group_lse,
+    group_race,
+    grouped,
+    race_block,
+    reload_seed,
+    span_argmax,
+    span_columns,
+    span_noise,
 )
 
 _BLOCK_ROWS = 1024
@@ -162,6 +173,7 @@ def _dense_race_kernel(
     offset_hi,
     HAS_MATS: tl.constexpr,
     HAS_FIXED: tl.constexpr,
+    GROUPED: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -178,21 +190,44 @@ def _dense_race_kernel(
         q_row = q_ptr + tl.where(x0_ok, x0, 0) * stride_r
         if HAS_MATS:
             q_row += tl.load(mat_ptr + row) * stride_m
-        best = tl.full((), float("-inf"), tl.float32)
-        best_idx = tl.full((), 0, tl.int64)
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            a, b = column_words(seed, offset_lo, offset_hi, row, start, BLOCK_V)
-            w = tl.load(q_row + cols, mask=cols < V, other=0.0).to(tl.float32)
-            w = tl.where(x0_ok, w, 0.0)
-            key = tl.log(w) - tl.log(exponential_from_words(a, b))
-            key = tl.where(cols < V, key, float("-inf"))
-            blk_best = tl.max(key, axis=0)
-            blk_idx = tl.argmax(key, axis=0).to(tl.int64) + start
-            take = blk_best > best
-            best_idx = tl.where(take, blk_idx, best_idx)
-            best = tl.where(take, blk_best, best)
-        tl.store(out_ptr + row, best_idx)
+        if GROUPED:  # the grouped race on a one-row tile: group keys, then g*'s columns
+            rows = tl.zeros((1,), dtype=tl.int64) + row
+            v_ok = tl.where(x0_ok, V, 0)  # columns to read: none for an out-of-range id
+            best1 = tl.full((1,), float("-inf"), tl.float32)
+            best_g = tl.zeros((1,), dtype=tl.int64)
+            for start in range(0, V, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V)[None, :]
+                inside = cols < v_ok
+                w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
+                lse_g = group_lse(tl.where(inside, tl.log(w), float("-inf")), 1, BLOCK_V)
+                seed = reload_seed(seed_ptr)
+                best1, best_g = group_race(
+                    best1, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+                )
+            cols = span_columns(best_g)
+            inside = cols < v_ok
+            w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
+            seed = reload_seed(seed_ptr)
+            noise = span_noise(seed, offset_lo, offset_hi, rows, cols)
+            key = tl.where(inside, tl.log(w) + noise, float("-inf"))
+            _, idx = span_argmax(key, cols)
+            tl.store(out_ptr + rows, idx)
+        else:
+            best = tl.full((), float("-inf"), tl.float32)
+            best_idx = tl.full((), 0, tl.int64)
+            for start in range(0, V, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V)
+                a, b = column_words(seed, offset_lo, offset_hi, row, start, BLOCK_V)
+                w = tl.load(q_row + cols, mask=cols < V, other=0.0).to(tl.float32)
+                w = tl.where(x0_ok, w, 0.0)
+                key = tl.log(w) - tl.log(exponential_from_words(a, b))
+                key = tl.where(cols < V, key, float("-inf"))
+                blk_best = tl.max(key, axis=0)
+                blk_idx = tl.argmax(key, axis=0).to(tl.int64) + start
+                take = blk_best > best
+                best_idx = tl.where(take, blk_idx, best_idx)
+                best = tl.where(take, blk_best, best)
+            tl.store(out_ptr + row, best_idx)
 
 
 @torch.library.custom_op("fastdiff::corrupt_dense", mutates_args=())
@@ -210,7 +245,7 @@ def corrupt_dense_op(
     n, vocab = x0.shape[0], transition.shape[-1]
     out = new_output(x0.shape, x0.dtype, x0.device)
     if n:
-        block = block_v or block_size(vocab)
+        block = race_block(vocab, block_v)
         _dense_race_kernel[(n,)](
             transition,
             x0,
@@ -225,6 +260,7 @@ def corrupt_dense_op(
             (offset >> 32) & _MASK32,
             HAS_MATS=matrix_index is not None,
             HAS_FIXED=fixed is not None,
+            GROUPED=grouped(vocab),
             BLOCK_V=block,
             num_warps=num_warps(block),
         )

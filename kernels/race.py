@@ -6,6 +6,12 @@ vocabulary in blocks. It keeps, per row, the running winner of the exponential r
 where it needs the row's normalizer, a blockwise log-sum-exp (:func:`online_lse`,
 :func:`lse_finish`). ``E_j`` comes from :mod:`fastdiff.kernels.philox_noise`, keyed like the
 reference, so both backends race with the same noise.
+
+Rows longer than ``G = RACE_GROUP`` columns use the grouped race of :mod:`fastdiff.random`:
+pass 1 streams the row in blocks of a multiple of ``G`` columns, reduces each block to its
+group log-sum-exps (:func:`group_lse`) and races the group keys ``log W_g - log E'_g``
+(:func:`group_noise`); pass 2 re-reads only the ``G`` columns of the winning group of each row
+(:func:`span_columns`, :func:`span_noise`) and races them (:func:`span_argmax`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,28 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fastdiff import random as frandom
+from fastdiff.kernels.launch import block_size
 from fastdiff.kernels.philox_noise import exponential_from_words, row_column_words, tile_words
 
 MASK32 = 0xFFFFFFFF
+# the race's group size and group counter base, as constexprs (kernels read them)
+GROUP = tl.constexpr(frandom.RACE_GROUP)
+GROUP_BASE = tl.constexpr(frandom.GROUP_COUNTER_BASE)
+
+
+def grouped(vocab: int) -> bool:
+    """Whether a row of ``vocab`` columns is drawn by the grouped race (two passes)."""
+    if vocab > frandom.MAX_RACE_COLUMNS:
+        raise ValueError(f"the race supports fewer than 2^31 columns, got {vocab}")
+    return vocab > frandom.RACE_GROUP
+
+
+def race_block(vocab: int, block_v: int = 0) -> int:
+    """The launch's ``BLOCK_V``: ``block_v`` (0 picks :func:`block_size`), raised to the group
+    size for a grouped row, so that every block holds whole groups."""
+    block = block_v or block_size(vocab)
+    return max(block, frandom.RACE_GROUP) if grouped(vocab) else block
 
 
 def split_offset(offset: int) -> tuple[int, int]:
@@ -56,6 +81,99 @@ def column_noise(seed, offset_lo, offset_hi, rows, cols):
     """``-log E`` for one column ``cols [R]`` per row (the stay option of an update)."""
     a, b = row_column_words(seed, offset_lo, offset_hi, rows, cols)
     return -tl.log(exponential_from_words(a, b))
+
+
+@triton.jit
+def group_lse(lw, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """``log sum_{j in g} e^lw_j`` per group of ``GROUP`` columns of ``lw [BLOCK_N, BLOCK_V]``
+    (``[BLOCK_N, BLOCK_V // GROUP]``; ``-inf`` for a group of ``-inf``), with a per-group max."""
+    t = tl.reshape(lw, (BLOCK_N, BLOCK_V // GROUP, GROUP))
+    top = tl.max(t, axis=2)
+    safe = tl.where(top == float("-inf"), 0.0, top)
+    return safe + tl.log(tl.sum(tl.exp(t - safe[:, :, None]), axis=2))
+
+
+@triton.jit
+def reload_seed(seed_ptr):
+    """The Philox key loaded again (volatile, so neither merged with an earlier load nor hoisted
+    out of a loop): a kernel calls it in each block of a streaming loop and before pass 2, so
+    that the compiler recomputes the key schedule there instead of holding its ~20 words in
+    registers through the loop (which spilled at sm_90 / sm_80)."""
+    return tl.load(seed_ptr, volatile=True)
+
+
+@triton.jit
+def group_noise(seed, offset_lo, offset_hi, rows, groups):
+    """``-log E'_g`` for the groups ``groups [NG]`` (int64) of ``rows [R]``: ``[R, NG]``, words
+    ``(r0, r1)`` of counter ``(2^30 + g, row, offset_lo, offset_hi)``."""
+    c0 = (groups + GROUP_BASE).to(tl.uint32)[None, :]
+    row = rows.to(tl.uint32)[:, None]
+    zero = c0 * 0 + row * 0
+    r0, r1, _, _ = tl.philox(
+        seed, zero + c0, zero + row, zero + offset_lo.to(tl.uint32), zero + offset_hi.to(tl.uint32)
+    )
+    return -tl.log(exponential_from_words(r0, r1))
+
+
+@triton.jit
+def group_race(best, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V: tl.constexpr):
+    """Race the group log-sums ``lse_g [R, BLOCK_V // GROUP]`` of the block at column ``start``
+    into the running best group key ``best`` and group ``best_g`` (lowest group on ties)."""
+    groups = start // GROUP + tl.arange(0, BLOCK_V // GROUP).to(tl.int64)
+    key = lse_g + group_noise(seed, offset_lo, offset_hi, rows, groups)
+    blk, blk_g = block_argmax(key, groups)
+    return take(best, best_g, blk, blk_g)
+
+
+@triton.jit
+def span_columns(best_g):
+    """The ``GROUP`` columns ``[R, GROUP]`` (int64) of group ``best_g [R]`` of each row."""
+    return best_g[:, None] * GROUP + tl.arange(0, GROUP).to(tl.int64)[None, :]
+
+
+@triton.jit
+def span_noise(seed, offset_lo, offset_hi, rows, cols):
+    """``-log E_j`` ``[R, B]`` for the columns ``cols [R, B]`` (int64) of ``rows [R]``: the
+    column counters ``(j // 2, row, offset_lo, offset_hi)``, words ``(r0, r1)`` for even and
+    ``(r2, r3)`` for odd ``j``. One Philox call per column (not per pair): the tile keeps the
+    layout of ``cols``, where interleaving pair words would replicate it across threads."""
+    pair = (cols // 2).to(tl.uint32)
+    row = rows.to(tl.uint32)[:, None]
+    zero = pair * 0 + row * 0
+    r0, r1, r2, r3 = tl.philox(
+        seed,
+        zero + pair,
+        zero + row,
+        zero + offset_lo.to(tl.uint32),
+        zero + offset_hi.to(tl.uint32),
+    )
+    odd = (cols % 2) == 1
+    return -tl.log(exponential_from_words(tl.where(odd, r2, r0), tl.where(odd, r3, r1)))
+
+
+@triton.jit
+def span_argmax(key, cols):
+    """Row-wise max of ``key [R, B]`` and its column from ``cols [R, B]`` (lowest on ties)."""
+    top = tl.max(key, axis=1)
+    idx = tl.min(tl.where(key == top[:, None], cols, 2**62), axis=1)
+    return top, idx
+
+
+@triton.jit
+def lse_merge(run_max, run_sum, lse_g):
+    """Fold the group log-sums ``lse_g [R, NG]`` of a block into a per-row running log-sum-exp
+    (``run_max``, ``run_sum`` ``[R]``; finish with ``run_max + log(run_sum)``): per-row state
+    instead of per-lane, so the accumulator costs two registers, not ``2 NG``."""
+    top = tl.maximum(run_max, tl.max(lse_g, axis=1))
+    safe = tl.where(top == float("-inf"), 0.0, top)
+    return top, run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(lse_g - safe[:, None]), axis=1)
+
+
+@triton.jit
+def lse_merged(run_max, run_sum):
+    """``log sum exp`` of everything :func:`lse_merge` folded (``-inf`` if empty)."""
+    safe = tl.where(run_max == float("-inf"), 0.0, run_max)
+    return safe + tl.log(run_sum)
 
 
 @triton.jit

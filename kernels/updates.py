@@ -6,8 +6,12 @@ One kernel serves every update. A row is *active* when it can change: masked and
 a tile with no active row reads nothing. For active rows the kernel races the move weights of
 every column ``j != x`` (``log w_j - log E_j``, :mod:`fastdiff.kernels.race`) while it
 accumulates what the stay weight needs, then races the stay option (column ``x``) with its own
-noise. Noise is the reference's Philox stream keyed by (seed, offset, row, column), so the same
-seed gives the same tokens as :mod:`fastdiff.reference.updates` except at fp32 rounding ties.
+noise. Rows longer than ``G = 256`` columns use the grouped race (:mod:`fastdiff.random`): the
+pass over the row races the group log-sums of the move weights (and gives the totals the stay
+weight needs), the stay key is compared with the best group key plus the per-row constant, and
+if a move wins a second pass re-reads the ``G`` columns of the winning group and races them.
+Noise is the reference's Philox stream keyed by (seed, offset, row, column), so the same seed
+gives the same tokens as :mod:`fastdiff.reference.updates` except at fp32 rounding ties.
 
 Per-row constants ``c0..c3`` (computed in float64 on the host, passed as fp32 ``[N, 4]``):
 
@@ -41,9 +45,19 @@ from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
     column_noise,
+    group_lse,
+    group_race,
+    grouped,
     lse_finish,
+    lse_merge,
+    lse_merged,
     online_lse,
+    race_block,
     race_noise,
+    reload_seed,
+    span_argmax,
+    span_columns,
+    span_noise,
     split_offset,
     take,
     tile_tokens,
@@ -73,6 +87,89 @@ def _log_pos(v):
     return tl.where(v > 0.0, tl.log(tl.maximum(v, 1e-38)), float("-inf"))
 
 
+@triton.jit
+def _move_log_weights(
+    s_ptr, c_ptr, rows, active, x, stride, cols, V, c0, c1, log_norm, MODE: tl.constexpr
+):
+    """Which of the columns ``cols [1 or R, B]`` may be drawn as moves and their ``log w_j``
+    (before the per-row constants that every move shares; ``-inf`` where not kept)."""
+    keep = active[:, None] & (cols < V)
+    if MODE != 4:
+        keep = keep & (cols != x[:, None])
+    s = tl.load(s_ptr + rows[:, None] * stride + cols, mask=keep, other=float("-inf"))
+    lw = s.to(tl.float32)
+    if MODE == 3:
+        lw = _log_pos(c0[:, None] * tl.exp(lw - log_norm[:, None]) - c1[:, None])
+        lw += tl.load(c_ptr + rows * 4 + 2, mask=active, other=0.0)[:, None]
+    return keep, tl.where(keep, lw, float("-inf"))
+
+
+@triton.jit
+def _grouped_update(
+    s_ptr,
+    c_ptr,
+    rows,
+    active,
+    x,
+    seed_ptr,
+    stride,
+    V,
+    offset_lo,
+    offset_hi,
+    c0,
+    c1,
+    log_norm,
+    MODE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """The grouped race of the move weights (pass 1: group log-sums, also giving the totals the
+    stay weight needs; pass 2: the ``G`` columns of the winning group), the stay option raced
+    against the best group key plus the row constant. Returns the drawn column or ``x``."""
+    best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    best_g = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+        keep, lw = _move_log_weights(
+            s_ptr, c_ptr, rows, active, x, stride, cols[None, :], V, c0, c1, log_norm, MODE
+        )
+        lse_g = group_lse(lw, BLOCK_N, BLOCK_V)
+        seed = reload_seed(seed_ptr)
+        best, best_g = group_race(
+            best, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+        )
+        if MODE == 0:
+            g_sum += tl.sum(tl.exp(lse_g), axis=1)
+        if MODE == 2:
+            g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
+    seed = reload_seed(seed_ptr)
+    stay_wins = rows < 0  # no stay option: all False
+    if MODE != 1 and MODE != 4:
+        if MODE == 0:
+            best = best + c0
+            log_stay = _log_pos(1.0 - tl.exp(c0) * g_sum)
+        if MODE == 2:
+            lse = lse_merged(g_max, g_sum)
+            best = tl.where(best == float("-inf"), best, best - lse + c0)
+            log_stay = c1
+        if MODE == 3:
+            c3 = tl.load(c_ptr + rows * 4 + 3, mask=active, other=0.0)
+            log_stay = _log_pos(c0 * tl.exp(-log_norm) - c1) + c3
+        stay_key = log_stay + column_noise(seed, offset_lo, offset_hi, rows, x)
+        stay_wins = stay_key > best
+        best = tl.maximum(best, stay_key)
+    cols = span_columns(best_g)
+    keep, lw = _move_log_weights(
+        s_ptr, c_ptr, rows, active & ~stay_wins, x, stride, cols, V, c0, c1, log_norm, MODE
+    )
+    key = tl.where(keep, lw + span_noise(seed, offset_lo, offset_hi, rows, cols), float("-inf"))
+    _, drawn = span_argmax(key, cols)
+    drawn = tl.where(stay_wins, x, drawn)
+    return tl.where(active & (best > float("-inf")), drawn, x)
+
+
 @triton.jit(do_not_specialize=["offset_lo", "offset_hi", "mask_id"])
 def _update_kernel(
     s_ptr,
@@ -90,6 +187,7 @@ def _update_kernel(
     MODE: tl.constexpr,
     MASKED_ONLY: tl.constexpr,
     HAS_FIXED: tl.constexpr,
+    GROUPED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -101,45 +199,66 @@ def _update_kernel(
         seed = tl.load(seed_ptr)
         c0 = tl.load(c_ptr + rows * 4, mask=active, other=0.0)
         c1 = tl.load(c_ptr + rows * 4 + 1, mask=active, other=0.0)
+        log_norm = c0
         if MODE == 3:
             log_norm = _row_log_sum(s_ptr, rows, active, x, stride, V, BLOCK_N, BLOCK_V)
-        best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-        best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
-        run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
-        total = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
-            keep = active[:, None] & (cols < V)[None, :]
-            if MODE != 4:
-                keep = keep & (cols[None, :] != x[:, None])
-            ptrs = s_ptr + rows[:, None] * stride + cols[None, :]
-            s = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
-            lw = s
-            if MODE == 3:
-                lw = _log_pos(c0[:, None] * tl.exp(s - log_norm[:, None]) - c1[:, None])
-                lw += tl.load(c_ptr + rows * 4 + 2, mask=active, other=0.0)[:, None]
-            key = race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
-            key = tl.where(keep, lw + key, float("-inf"))
-            blk, blk_idx = block_argmax(key, cols)
-            best, best_idx = take(best, best_idx, blk, blk_idx)
-            if MODE == 0:
-                total += tl.exp(s)
-            if MODE == 2:
-                run_max, total = online_lse(run_max, total, s)
-        if MODE != 1 and MODE != 4:
-            if MODE == 0:
-                best = best + c0
-                log_stay = _log_pos(1.0 - tl.exp(c0) * tl.sum(total, axis=1))
-            if MODE == 2:
-                lse = lse_finish(run_max, total)
-                best = tl.where(best == float("-inf"), best, best - lse + c0)
-                log_stay = c1
-            if MODE == 3:
-                c3 = tl.load(c_ptr + rows * 4 + 3, mask=active, other=0.0)
-                log_stay = _log_pos(c0 * tl.exp(-log_norm) - c1) + c3
-            stay_key = log_stay + column_noise(seed, offset_lo, offset_hi, rows, x)
-            best, best_idx = take(best, best_idx, stay_key, x)
-        out = tl.where(active & (best > float("-inf")), best_idx, x)
+        if GROUPED:
+            out = _grouped_update(
+                s_ptr,
+                c_ptr,
+                rows,
+                active,
+                x,
+                seed_ptr,
+                stride,
+                V,
+                offset_lo,
+                offset_hi,
+                c0,
+                c1,
+                log_norm,
+                MODE,
+                BLOCK_N,
+                BLOCK_V,
+            )
+        else:
+            best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+            best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
+            run_max = tl.full((BLOCK_N, BLOCK_V), float("-inf"), tl.float32)
+            total = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+            for start in range(0, V, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+                keep = active[:, None] & (cols < V)[None, :]
+                if MODE != 4:
+                    keep = keep & (cols[None, :] != x[:, None])
+                ptrs = s_ptr + rows[:, None] * stride + cols[None, :]
+                s = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
+                lw = s
+                if MODE == 3:
+                    lw = _log_pos(c0[:, None] * tl.exp(s - log_norm[:, None]) - c1[:, None])
+                    lw += tl.load(c_ptr + rows * 4 + 2, mask=active, other=0.0)[:, None]
+                key = race_noise(seed, offset_lo, offset_hi, rows, start, BLOCK_V)
+                key = tl.where(keep, lw + key, float("-inf"))
+                blk, blk_idx = block_argmax(key, cols)
+                best, best_idx = take(best, best_idx, blk, blk_idx)
+                if MODE == 0:
+                    total += tl.exp(s)
+                if MODE == 2:
+                    run_max, total = online_lse(run_max, total, s)
+            if MODE != 1 and MODE != 4:
+                if MODE == 0:
+                    best = best + c0
+                    log_stay = _log_pos(1.0 - tl.exp(c0) * tl.sum(total, axis=1))
+                if MODE == 2:
+                    lse = lse_finish(run_max, total)
+                    best = tl.where(best == float("-inf"), best, best - lse + c0)
+                    log_stay = c1
+                if MODE == 3:
+                    c3 = tl.load(c_ptr + rows * 4 + 3, mask=active, other=0.0)
+                    log_stay = _log_pos(c0 * tl.exp(-log_norm) - c1) + c3
+                stay_key = log_stay + column_noise(seed, offset_lo, offset_hi, rows, x)
+                best, best_idx = take(best, best_idx, stay_key, x)
+            out = tl.where(active & (best > float("-inf")), best_idx, x)
     tl.store(out_ptr + rows, out, mask=row_ok)
 
 
@@ -161,7 +280,7 @@ def reverse_update_op(
     n, vocab = scores.shape
     out = new_output((n,), torch.int64, scores.device)
     if n:
-        grid, tiles = row_tiles(n, vocab, block_v)
+        grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         _update_kernel[grid](
             scores,
             x,
@@ -177,6 +296,7 @@ def reverse_update_op(
             MODE=mode,
             MASKED_ONLY=masked_only,
             HAS_FIXED=fixed is not None,
+            GROUPED=grouped(vocab),
             **tiles,
         )
     return out

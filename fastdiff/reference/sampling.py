@@ -1,9 +1,12 @@
 """Reference categorical sampling (ops.md section 5) on flattened inputs.
 
-The draw is the exponential race ``argmax_j w_j / E_j`` (equivalently Gumbel-max
-``argmax_j log w_j + G_j``) with ``E_j`` from :func:`fastdiff.random.exponential`, keyed by
-``(seed, offset, row, column)``: float64 noise with exact tails, the same numbers a Triton
-kernel draws. Zero weights never win; ties go to the lowest index.
+The draw is the grouped exponential race of :mod:`fastdiff.random` (:func:`race`): for a
+vocabulary of at most ``G = 256`` columns ``argmax_j w_j / E_j`` (equivalently Gumbel-max
+``argmax_j log w_j + G_j``); for longer rows first a group ``g*`` by ``argmax_g W_g / E'_g``
+over the group totals, then a column by the same race inside ``g*``, exactly ``Cat(w)``. The
+noise is float64 with exact tails, keyed by ``(seed, offset, row, column)`` and ``(seed,
+offset, row, group)``: the same numbers a Triton kernel draws. Zero weights never win; ties go
+to the lowest group and the lowest index.
 """
 
 from __future__ import annotations
@@ -23,21 +26,93 @@ def race(
     rows: torch.Tensor,
     seed: Seed,
     offset: int,
+    stay: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``argmax_j (log w_j - log E_j)`` per row of ``log_weights [n, V]`` (float64 inside).
+    """The grouped exponential race per row of ``log_weights [n, V]`` (float64 inside).
 
-    ``rows`` ``[n]`` are the global row indices that key the noise, so a subset of rows draws
-    the same noise as the full tensor would. ``-inf`` entries never win. The noise is drawn and
-    consumed in row chunks, so no ``[n, V]`` noise tensor exists at once.
+    With ``G = RACE_GROUP`` (:mod:`fastdiff.random`):
+
+    - ``V <= G``: ``argmax_j (log w_j - log E_j)``;
+    - ``V > G``: ``g* = argmax_g (log W_g - log E'_g)`` with ``W_g = sum_{j in g} w_j`` over
+      group ``g = [gG, (g + 1)G)`` (log-sum-exp with a per-group max; ``-inf`` if the group has
+      no positive weight), ``E'_g`` from :func:`fastdiff.random.group_exponential`; then
+      ``argmax_{j in g*} (log w_j - log E_j)``.
+
+    ``E_j`` are the column exponentials of :func:`fastdiff.random.exponential`. Ties go to the
+    lowest group and the lowest column. ``rows`` ``[n]`` are the global row indices that key the
+    noise, so a subset of rows draws the same noise as the full tensor would. ``-inf`` entries
+    never win; a row of only ``-inf`` returns 0.
+
+    ``stay`` (``[n]`` column indices, optional) marks a *stay option* per row, as the reverse
+    updates race it: when ``V > G`` the column ``stay_i`` is taken out of its group and raced on
+    its own, key ``log w_stay - log E_stay`` (its column noise), against the best group key; it
+    wins only when strictly larger, otherwise the within-group race of ``g*`` picks the column.
+    When ``V <= G`` the stay column is an ordinary column of the race.
+
+    Rows are processed in chunks: no ``[n, V]`` noise tensor exists at once.
     """
     n, vocab = log_weights.shape
+    if vocab > frandom.MAX_RACE_COLUMNS:
+        raise ValueError(f"the race supports fewer than 2^31 columns, got {vocab}")
     out = torch.empty(n, dtype=torch.int64, device=log_weights.device)
     step = max(1, _RACE_CHUNK_ELEMENTS // max(vocab, 1))
+    group = frandom.RACE_GROUP
     for start in range(0, n, step):
         chunk = slice(start, start + step)
-        keys = frandom.exponential(seed, offset, rows[chunk], vocab).log_().neg_()
-        out[chunk] = keys.add_(log_weights[chunk].to(torch.float64)).argmax(-1)
+        lw = log_weights[chunk].to(torch.float64)
+        if vocab <= group:
+            keys = frandom.exponential(seed, offset, rows[chunk], vocab).log_().neg_()
+            out[chunk] = keys.add_(lw).argmax(-1)
+            continue
+        out[chunk] = _grouped_race(
+            lw, rows[chunk], seed, offset, None if stay is None else stay[chunk]
+        )
     return out
+
+
+def group_log_sums(log_weights: torch.Tensor) -> torch.Tensor:
+    """``log W_g`` ``[n, ceil(V / G)]``: float64 log-sum-exp over each group of columns with a
+    per-group max (``-inf`` for a group without a positive weight)."""
+    n, vocab = log_weights.shape
+    group = frandom.RACE_GROUP
+    n_groups = -(-vocab // group)
+    padded = torch.full(
+        (n, n_groups * group), -torch.inf, dtype=torch.float64, device=log_weights.device
+    )
+    padded[:, :vocab] = log_weights
+    padded = padded.view(n, n_groups, group)
+    top = padded.amax(-1, keepdim=True)
+    safe = torch.where(top == -torch.inf, torch.zeros_like(top), top)
+    return (safe + torch.log(torch.exp(padded - safe).sum(-1, keepdim=True))).squeeze(-1)
+
+
+def _grouped_race(
+    lw: torch.Tensor, rows: torch.Tensor, seed: Seed, offset: int, stay: torch.Tensor | None
+) -> torch.Tensor:
+    vocab = lw.shape[1]
+    group = frandom.RACE_GROUP
+    if stay is not None:
+        stay_lw = lw.gather(-1, stay[:, None]).squeeze(-1)
+        lw = lw.scatter(-1, stay[:, None], -torch.inf)
+    log_sums = group_log_sums(lw)
+    group_keys = log_sums - torch.log(
+        frandom.group_exponential(seed, offset, rows, log_sums.shape[1])
+    )
+    best_group = group_keys.argmax(-1)  # the first maximal index: the lowest group on ties
+    best_key = group_keys.gather(-1, best_group[:, None]).squeeze(-1)
+    cols = best_group[:, None] * group + torch.arange(group, device=lw.device)
+    noise = frandom.exponential_span(seed, offset, rows, best_group * group, group)
+    inside = cols < vocab
+    cols = torch.where(inside, cols, 0)
+    col_keys = lw.gather(-1, cols) - torch.log(noise)
+    col_keys = torch.where(inside, col_keys, -torch.inf)
+    drawn = cols.gather(-1, col_keys.argmax(-1, keepdim=True)).squeeze(-1)
+    if stay is not None:
+        stay_key = stay_lw - torch.log(
+            frandom.exponential_at(seed, offset, rows, stay[:, None])[:, 0]
+        )
+        drawn = torch.where(stay_key > best_key, stay, drawn)
+    return drawn
 
 
 def filter_logits(

@@ -2,9 +2,11 @@
 
 Shapes: model output ``[N, V]``, tokens ``x [N]`` int64, per-row float64 scalars ``[N]``,
 ``fixed`` bool ``[N]`` or ``None``. Each update forms the row's transition weights in float64
-(log space) and draws with :func:`fastdiff.reference.sampling.race`, keyed by the global row
-index. Rows with nothing to do (unmasked rows of absorbing updates, fixed rows) keep their
-token and are not read; a row whose weights are all zero keeps its token.
+(log space) and draws with the grouped race :func:`fastdiff.reference.sampling.race`, keyed
+by the global row index; the stay option (the mask column of absorbing updates and MDLM, the
+token ``x`` on the uniform graph) is raced on its own against the best group key. Rows with
+nothing to do (unmasked rows of absorbing updates, fixed rows) keep their token and are not
+read; a row whose weights are all zero keeps its token.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ def _active_rows(x: torch.Tensor, fixed: torch.Tensor | None, mask_id: int | Non
 
 
 def _draw(
-    log_w: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, seed: Seed, offset: int
+    log_w: torch.Tensor,
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    seed: Seed,
+    offset: int,
+    stay: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Race over ``log_w [len(rows), V]`` and write the draws into a copy of ``x``."""
-    drawn = race(log_w, rows, seed, offset)
+    """Race over ``log_w [len(rows), V]`` and write the draws into a copy of ``x``; ``stay``
+    (the mask id, or per-row tokens) is the column of the stay option (see ``race``)."""
+    if isinstance(stay, int):
+        stay = torch.full((rows.shape[0],), stay, dtype=torch.int64, device=x.device)
+    drawn = race(log_w, rows, seed, offset, stay)
     old = x.index_select(0, rows)
     drawn = torch.where(log_w.amax(-1) > -torch.inf, drawn, old)
     return x.index_copy(0, rows, drawn)
@@ -75,7 +85,7 @@ def sedd_euler(
     log_w = _fill_column(log_w, stay_col, -torch.inf)
     stay = 1.0 - torch.exp(log_w).sum(-1)
     log_w = _fill_column(log_w, stay_col, _log_clamped(stay))
-    return _draw(log_w, x, rows, seed, offset)
+    return _draw(log_w, x, rows, seed, offset, stay_col)
 
 
 def _uniform_tweedie(s: torch.Tensor, xr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -114,9 +124,11 @@ def sedd_analytic(
         log_w = _fill_column(s + torch.log(torch.expm1(d))[:, None], mask_id, -torch.inf)
         stay = 1.0 - torch.exp(log_w).sum(-1)
         log_w = _fill_column(log_w, mask_id, _log_clamped(stay))
+        stay_col = mask_id
     else:
-        log_w = _uniform_tweedie(s, x.index_select(0, rows), d)
-    return _draw(log_w, x, rows, seed, offset)
+        stay_col = x.index_select(0, rows)
+        log_w = _uniform_tweedie(s, stay_col, d)
+    return _draw(log_w, x, rows, seed, offset, stay_col)
 
 
 def sedd_denoise(
@@ -138,10 +150,11 @@ def sedd_denoise(
     rows = _active_rows(x, fixed, mask_id if absorb else None)
     s = log_score.index_select(0, rows).to(torch.float64)
     if absorb:
-        log_w = _fill_column(s, mask_id, -torch.inf)
+        log_w, stay_col = _fill_column(s, mask_id, -torch.inf), None
     else:
-        log_w = _uniform_tweedie(s, x.index_select(0, rows), sigma.index_select(0, rows))
-    return _draw(log_w, x, rows, seed, offset)
+        stay_col = x.index_select(0, rows)
+        log_w = _uniform_tweedie(s, stay_col, sigma.index_select(0, rows))
+    return _draw(log_w, x, rows, seed, offset, stay_col)
 
 
 def mdlm_ancestral(
@@ -167,7 +180,7 @@ def mdlm_ancestral(
     log_unmask = -ss + torch.log(-torch.expm1(ss - st))
     log_stay = torch.log(-torch.expm1(-ss))
     log_w = _fill_column(logp + log_unmask[:, None], mask_id, log_stay)
-    return _draw(log_w, x, rows, seed, offset)
+    return _draw(log_w, x, rows, seed, offset, mask_id)
 
 
 def unmask_candidates(
