@@ -44,7 +44,8 @@ class Row:
     """One modelled call: ``call()`` runs the public op; ``kernel`` is the launch modelled;
     ``bytes_per_element`` the minimum traffic of one loop element (each input read once, each
     output written once, per element of the tile); ``outer_trips`` the trip count of the loop
-    enclosing a nested pass."""
+    enclosing a nested pass; ``row_length`` the elements a program's loops stream per row (the
+    code outside the loops runs once per program, over ``BLOCK_N x row_length`` elements)."""
 
     name: str
     kernel: str
@@ -52,6 +53,7 @@ class Row:
     bytes_per_element: float
     traffic: str
     outer_trips: int = 1
+    row_length: int = V
 
 
 def _scores(requires_grad: bool = False) -> torch.Tensor:
@@ -132,6 +134,7 @@ def _rows() -> list[Row]:
             ),
             E,
             "the row Qbar[x0] read",
+            row_length=4096,
         ),
         Row(
             "sample_categorical",
@@ -224,6 +227,7 @@ def _rows() -> list[Row]:
             ),
             4 * E,
             "E[x0] read; x_t, noise, x0 written",
+            row_length=H,
         ),
         Row(
             "gaussian_loss fwd",
@@ -231,6 +235,7 @@ def _rows() -> list[Row]:
             lambda: fastdiff.gaussian_loss(_state(), _state()),
             2 * E,
             "prediction and target read",
+            row_length=H,
         ),
         Row(
             "ddpm_step (noise drawn)",
@@ -240,6 +245,7 @@ def _rows() -> list[Row]:
             ),
             3 * E,
             "model output and x_t read, x' written",
+            row_length=H,
         ),
         Row(
             "ddim_step guided (eta = 0)",
@@ -254,6 +260,7 @@ def _rows() -> list[Row]:
             ),
             4 * E,
             "two model outputs and x_t read, x' written",
+            row_length=H,
         ),
     ]
     return rows
@@ -263,6 +270,10 @@ def _tile(launch: gpu_compile.Launch) -> int:
     c = launch.constexprs()
     sizes = [c[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK") if k in c]
     return math.prod(sizes)
+
+
+def _rows_per_program(launch: gpu_compile.Launch) -> int:
+    return launch.constexprs().get("BLOCK_N", 1)
 
 
 def model_row(row: Row, targets: tuple[str, ...]) -> dict[str, Any]:
@@ -291,6 +302,14 @@ def model_row(row: Row, targets: tuple[str, ...]) -> dict[str, Any]:
         total = dict.fromkeys(sass_model.CLASSES, 0.0)
         passes = []
         if inner:
+            # what runs once per program (set-up, the group keys, pass 2 over one group, the
+            # stores), spread over the BLOCK_N x row_length elements the program streams
+            looped = {i.offset for lp in sass_model.loops(instrs) for i in lp.instrs}
+            once = [i for i in instrs if i.offset not in looped and i.base != "EXIT"]
+            spread = _rows_per_program(launch) * row.row_length
+            for k, v in sass_model.pipe_counts(once).items():
+                total[k] += v * warps / spread
+            passes.append({"instructions": len(once), "depth": 0, "trips": 1, "per": "program"})
             for lp in inner:
                 trips = row.outer_trips if lp.depth > 1 else 1
                 prof = sass_model.loop_profile(
