@@ -111,7 +111,7 @@ class Compiled:
     spill_instructions: int = 0
     num_warps: int = 0
     occupancy: float = 0.0
-    fp64_instructions: int = 0
+    fp64_instructions: int = 0  # float64 arithmetic instructions in the PTX
     seconds: float = 0.0
     cubin: str = ""
 
@@ -276,6 +276,12 @@ def sass(cubin: bytes) -> str:
         ).stdout
 
 
+# float64 arithmetic in the PTX (add / sub / mul / fma / div / sqrt / min / max on .f64)
+_FP64_PTX = re.compile(
+    r"^\s*(?:@%p\d+\s+)?(?:add|sub|mul|fma|div|sqrt|min|max)(?:\.\w+)*\.f64\b", re.M
+)
+
+
 def occupancy(registers: int, shared: int, num_warps: int, capability: int) -> float:
     """Fraction of an SM's warp slots filled by resident programs of this kernel."""
     lim = SM_LIMITS[capability]
@@ -312,15 +318,17 @@ def compile_launch(launch: Launch, capability: int, cubin_dir: str | None = None
         )
         cubin = compiled.asm["cubin"]
         usage = resource_usage(cubin)
-        code = sass(cubin)
-        opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", code)
         result.ok = True
         result.registers = usage["REG"]
         result.stack = usage["STACK"]
         result.local = usage["LOCAL"]
         result.shared = max(usage["SHARED"], int(compiled.metadata.shared))
-        result.spill_instructions = sum(op.startswith(("STL", "LDL")) for op in opcodes)
-        result.fp64_instructions = sum(op.startswith(("DADD", "DMUL", "DFMA")) for op in opcodes)
+        if result.stack or result.local:  # only then can there be spill code: count it
+            opcodes = re.findall(
+                r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass(cubin)
+            )
+            result.spill_instructions = sum(op.startswith(("STL", "LDL")) for op in opcodes)
+        result.fp64_instructions = len(_FP64_PTX.findall(compiled.asm["ptx"]))
         result.num_warps = int(compiled.metadata.num_warps)
         result.occupancy = occupancy(result.registers, result.shared, result.num_warps, capability)
         if cubin_dir:
