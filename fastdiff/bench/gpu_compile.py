@@ -336,8 +336,11 @@ def compile_launch(launch: Launch, capability: int, cubin_dir: str | None = None
             path.write_bytes(cubin)
             result.cubin = str(path)
     except Exception as error:  # a compile failure is a result, reported with its message
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        result.error = f"{type(error).__name__}: " + " | ".join(lines[-6:])[:2000]
+        root = error
+        while root.__cause__ is not None:  # a nested jit function's error is the cause
+            root = root.__cause__
+        lines = [line for line in str(root).strip().splitlines() if line.strip()]
+        result.error = f"{type(root).__name__}: " + " | ".join(lines[-8:])[:2000]
     result.seconds = time.perf_counter() - start
     return result
 
