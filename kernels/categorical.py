@@ -36,6 +36,9 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    group_accumulate,
+    group_init,
+    group_keys,
     group_lse,
     group_race,
     grouped,
@@ -44,6 +47,7 @@ from fastdiff.kernels.race import (
     lse_merged,
     online_lse,
     race_block,
+    race_groups,
     race_noise,
     reload_seed,
     span_argmax,
@@ -169,6 +173,7 @@ def _categorical_kernel(
     TOP_P: tl.constexpr,
     MIN_P: tl.constexpr,
     GROUPED: tl.constexpr,
+    NG: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -220,8 +225,11 @@ def _categorical_kernel(
     best_u = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     if GROUPED and not ARGMAX:
         # pass 1: group log-sums and the group race; pass 2: the race inside the winning group
+        # (NG > 0: per-group max / sum in the loop, the group keys raced once after it)
         g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
         g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if NG > 0:
+            gmax, gsum = group_init(BLOCK_N, BLOCK_V, NG)
         for start in range(0, V, BLOCK_V):
             cols, inside, key, u = _load(
                 w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
@@ -229,10 +237,20 @@ def _categorical_kernel(
             u = tl.where(
                 _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
             )
-            lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+            if NG > 0:
+                gmax, gsum = group_accumulate(gmax, gsum, u, start, BLOCK_N, BLOCK_V)
+            else:
+                lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+                seed = reload_seed(seed_ptr)
+                best, best_idx = group_race(
+                    best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+                )
+                if WANT_PROB:
+                    g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
+        if NG > 0:
             seed = reload_seed(seed_ptr)
-            best, best_idx = group_race(
-                best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+            best, best_idx, lse_g = group_keys(
+                gmax, gsum, seed, offset_lo, offset_hi, rows, BLOCK_N
             )
             if WANT_PROB:
                 g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
@@ -291,6 +309,7 @@ def sample_categorical_op(
     if n:
         grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
+        n_groups = race_groups(vocab, tiles["BLOCK_V"])
         _categorical_kernel[grid](
             weights,
             out,
@@ -311,6 +330,7 @@ def sample_categorical_op(
             TOP_P=top_p < 1.0,
             MIN_P=min_p > 0.0,
             GROUPED=grouped(vocab),
+            NG=n_groups,
             **tiles,
         )
     return out, prob

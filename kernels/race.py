@@ -27,6 +27,10 @@ MASK32 = 0xFFFFFFFF
 # the race's group size and group counter base, as constexprs (kernels read them)
 GROUP = tl.constexpr(frandom.RACE_GROUP)
 GROUP_BASE = tl.constexpr(frandom.GROUP_COUNTER_BASE)
+# Pass 1 keeps the per-group max and sum of every group of the row in registers (``[BLOCK_N,
+# NG]`` each, NG / (32 num_warps) values per thread) up to this many group slots, i.e. rows of
+# up to 262144 columns; longer rows race the group keys block by block inside the loop.
+MAX_HOISTED_GROUPS = 1024
 
 
 def grouped(vocab: int) -> bool:
@@ -41,6 +45,17 @@ def race_block(vocab: int, block_v: int = 0) -> int:
     size for a grouped row, so that every block holds whole groups."""
     block = block_v or block_size(vocab)
     return max(block, frandom.RACE_GROUP) if grouped(vocab) else block
+
+
+def race_groups(vocab: int, block_v: int) -> int:
+    """The launch's ``NG``: group slots of the per-group state pass 1 keeps in registers (a power
+    of two, at least the ``cdiv(vocab, block_v) * block_v // G`` groups the loop visits), or 0
+    when the row is not grouped or needs more than :data:`MAX_HOISTED_GROUPS` slots (pass 1 then
+    races the groups of each block in the loop). ``block_v`` is the launch's ``BLOCK_V``."""
+    if not grouped(vocab):
+        return 0
+    slots = triton.next_power_of_2(triton.cdiv(vocab, block_v)) * (block_v // frandom.RACE_GROUP)
+    return slots if slots <= MAX_HOISTED_GROUPS else 0
 
 
 def split_offset(offset: int) -> tuple[int, int]:
@@ -91,6 +106,45 @@ def group_lse(lw, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
     top = tl.max(t, axis=2)
     safe = tl.where(top == float("-inf"), 0.0, top)
     return safe + tl.log(tl.sum(tl.exp(t - safe[:, :, None]), axis=2))
+
+
+@triton.jit
+def group_init(BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, NG: tl.constexpr):
+    """Empty per-group state of pass 1: ``(gmax, gsum)`` ``[BLOCK_N, NG // GB, GB]`` with ``GB =
+    BLOCK_V // GROUP`` (slot ``[r, b, k]`` is group ``b GB + k``: block ``b``'s ``k``-th)."""
+    shape: tl.constexpr = (BLOCK_N, NG // (BLOCK_V // GROUP), BLOCK_V // GROUP)
+    return tl.zeros(shape, dtype=tl.float32), tl.zeros(shape, dtype=tl.float32)
+
+
+@triton.jit
+def group_accumulate(gmax, gsum, lw, start, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Pass 1's work per block of ``lw [BLOCK_N, BLOCK_V]`` at column ``start``: each group's
+    max (0 for a group of ``-inf``) and its sum of ``e^(lw - max)``, written into the slots of
+    this block in ``gmax``, ``gsum`` (:func:`group_init`). No noise and no log in the loop: the
+    group keys are raced once after it (:func:`group_keys`). A group lies in one block (blocks
+    start at multiples of ``BLOCK_V``, a multiple of ``GROUP``), so nothing needs rescaling."""
+    t = tl.reshape(lw, (BLOCK_N, BLOCK_V // GROUP, GROUP))
+    top = tl.max(t, axis=2)
+    safe = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.sum(tl.exp(t - safe[:, :, None]), axis=2)
+    here = (tl.arange(0, gmax.shape[1]) == start // BLOCK_V)[None, :, None]
+    gmax = tl.where(here, safe[:, None, :], gmax)
+    gsum = tl.where(here, total[:, None, :], gsum)
+    return gmax, gsum
+
+
+@triton.jit
+def group_keys(gmax, gsum, seed, offset_lo, offset_hi, rows, BLOCK_N: tl.constexpr):
+    """Race all the groups of pass 1 at once: ``(best key, best group, lse_g)`` with ``lse_g =
+    gmax + log gsum`` ``[BLOCK_N, NG]`` (``-inf`` for an empty group or a slot past the row) and
+    keys ``lse_g - log E'_g`` (one Philox call per group, lowest group on ties): the same keys
+    as :func:`group_race` in the loop, so the same group wins."""
+    ng: tl.constexpr = gmax.shape[1] * gmax.shape[2]
+    lse_g = tl.reshape(gmax, (BLOCK_N, ng)) + tl.log(tl.reshape(gsum, (BLOCK_N, ng)))
+    groups = tl.arange(0, ng).to(tl.int64)
+    key = lse_g + group_noise(seed, offset_lo, offset_hi, rows, groups)
+    best, best_g = block_argmax(key, groups)
+    return best, best_g, lse_g
 
 
 @triton.jit
