@@ -36,6 +36,7 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    block_columns,
     group_accumulate,
     group_init,
     group_keys,
@@ -54,6 +55,7 @@ from fastdiff.kernels.race import (
     span_columns,
     span_noise,
     split_offset,
+    strided_groups,
     take,
     tile_rows,
     value_at,
@@ -174,6 +176,7 @@ def _categorical_kernel(
     MIN_P: tl.constexpr,
     GROUPED: tl.constexpr,
     NG: tl.constexpr,
+    STRIDED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -231,14 +234,13 @@ def _categorical_kernel(
         if NG > 0:
             gmax, gsum = group_init(BLOCK_N, BLOCK_V, NG)
         for start in range(0, V, BLOCK_V):
-            cols, inside, key, u = _load(
-                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
-            )
+            cols = block_columns(start, BLOCK_V, STRIDED and NG > 0)
+            inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols[None, :], V, inv_t, IS_LOG)
             u = tl.where(
                 _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
             )
             if NG > 0:
-                gmax, gsum = group_accumulate(gmax, gsum, u, start, BLOCK_N, BLOCK_V)
+                gmax, gsum = group_accumulate(gmax, gsum, u, start, BLOCK_N, BLOCK_V, STRIDED)
             else:
                 lse_g = group_lse(u, BLOCK_N, BLOCK_V)
                 seed = reload_seed(seed_ptr)
@@ -331,6 +333,7 @@ def sample_categorical_op(
             MIN_P=min_p > 0.0,
             GROUPED=grouped(vocab),
             NG=n_groups,
+            STRIDED=strided_groups(weights, tiles["BLOCK_V"], tiles["num_warps"]),
             **tiles,
         )
     return out, prob

@@ -16,6 +16,7 @@ group log-sum-exps (:func:`group_lse`) and races the group keys ``log W_g - log 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -56,6 +57,16 @@ def race_groups(vocab: int, block_v: int) -> int:
         return 0
     slots = triton.next_power_of_2(triton.cdiv(vocab, block_v)) * (block_v // frandom.RACE_GROUP)
     return slots if slots <= MAX_HOISTED_GROUPS else 0
+
+
+def strided_groups(t: torch.Tensor, block_v: int, num_warps: int) -> bool:
+    """The launch's ``STRIDED``: whether pass 1 should permute the columns of each block (see
+    :func:`block_columns`). Triton vectorizes the loads of a row only when the base pointer is
+    16-byte aligned and the row stride divisible by 16 (V = 50258 is not); scalar loads give each
+    thread the columns ``t, t + 256, ...`` of a 2048-column block, one per group, and every group
+    reduction then crosses all 8 warps. Only for 2048-column blocks over 8 warps."""
+    aligned = t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
+    return not aligned and block_v == 8 * frandom.RACE_GROUP and num_warps == 8
 
 
 def split_offset(offset: int) -> tuple[int, int]:
@@ -117,16 +128,45 @@ def group_init(BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, NG: tl.constexpr):
 
 
 @triton.jit
-def group_accumulate(gmax, gsum, lw, start, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+def block_columns(start, BLOCK_V: tl.constexpr, STRIDED: tl.constexpr):
+    """The columns (int64 ``[BLOCK_V]``) of pass 1's block at ``start``: in order, or, when
+    ``STRIDED`` (scalar loads, 2048 columns over 8 warps: a thread holds positions ``p = 256 r
+    + 32 w + l`` of the block, warp ``w``, lane ``l``), permuted to column ``256 w + 32 r + l``,
+    so that warp ``w`` holds exactly group ``w`` of the block and the group reductions of
+    :func:`group_accumulate` stay inside a warp. Only the order within the block changes."""
+    p = tl.arange(0, BLOCK_V)
+    if STRIDED:
+        p = ((p // 32) % 8) * GROUP + (p // GROUP) * 32 + p % 32
+    return start + p.to(tl.int64)
+
+
+@triton.jit
+def _group_max_sum(lw, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, STRIDED: tl.constexpr):
+    """Per group of the block ``lw [BLOCK_N, BLOCK_V]`` (columns from :func:`block_columns`):
+    the max (0 for a group of ``-inf``) and the sum of ``e^(lw - max)``, ``[BLOCK_N, GB]``."""
+    if STRIDED:  # position 256 r + 32 w + l holds column 256 w + 32 r + l: group w
+        t = tl.reshape(lw, (BLOCK_N, 8, 8, 32))
+        top = tl.max(tl.max(t, axis=1), axis=2)
+        safe = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.sum(tl.sum(tl.exp(t - safe[:, None, :, None]), axis=1), axis=2)
+    else:
+        t = tl.reshape(lw, (BLOCK_N, BLOCK_V // GROUP, GROUP))
+        top = tl.max(t, axis=2)
+        safe = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.sum(tl.exp(t - safe[:, :, None]), axis=2)
+    return safe, total
+
+
+@triton.jit
+def group_accumulate(
+    gmax, gsum, lw, start, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, STRIDED: tl.constexpr
+):
     """Pass 1's work per block of ``lw [BLOCK_N, BLOCK_V]`` at column ``start``: each group's
     max (0 for a group of ``-inf``) and its sum of ``e^(lw - max)``, written into the slots of
     this block in ``gmax``, ``gsum`` (:func:`group_init`). No noise and no log in the loop: the
     group keys are raced once after it (:func:`group_keys`). A group lies in one block (blocks
     start at multiples of ``BLOCK_V``, a multiple of ``GROUP``), so nothing needs rescaling."""
-    t = tl.reshape(lw, (BLOCK_N, BLOCK_V // GROUP, GROUP))
-    top = tl.max(t, axis=2)
-    safe = tl.where(top == float("-inf"), 0.0, top)
-    total = tl.sum(tl.exp(t - safe[:, :, None]), axis=2)
+    safe, total = _group_max_sum(lw, BLOCK_N, BLOCK_V, STRIDED)
     here = (tl.arange(0, gmax.shape[1]) == start // BLOCK_V)[None, :, None]
     gmax = tl.where(here, safe[:, None, :], gmax)
     gsum = tl.where(here, total[:, None, :], gsum)
