@@ -311,7 +311,9 @@ def sample_categorical_op(
     if n:
         grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
-        n_groups = race_groups(vocab, tiles["BLOCK_V"])
+        # top-k launches keep the in-loop group race: with the radix-select state the hoisted
+        # group state spilled (8 B stack at sm_90, V = 32768)
+        n_groups = 0 if 0 < top_k < vocab else race_groups(vocab, tiles["BLOCK_V"])
         _categorical_kernel[grid](
             weights,
             out,

@@ -65,7 +65,7 @@ def strided_groups(t: torch.Tensor, block_v: int, num_warps: int) -> bool:
     16-byte aligned and the row stride divisible by 16 (V = 50258 is not); scalar loads give each
     thread the columns ``t, t + 256, ...`` of a 2048-column block, one per group, and every group
     reduction then crosses all 8 warps. Only for 2048-column blocks over 8 warps."""
-    aligned = t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
+    aligned = t.data_ptr() % 16 == 0 and all(s % 16 == 0 for s in t.stride()[:-1])
     return not aligned and block_v == 8 * frandom.RACE_GROUP and num_warps == 8
 
 
