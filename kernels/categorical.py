@@ -36,6 +36,10 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    block_columns,
+    group_accumulate,
+    group_init,
+    group_keys,
     group_lse,
     group_race,
     grouped,
@@ -44,12 +48,14 @@ from fastdiff.kernels.race import (
     lse_merged,
     online_lse,
     race_block,
+    race_groups,
     race_noise,
     reload_seed,
     span_argmax,
     span_columns,
     span_noise,
     split_offset,
+    strided_groups,
     take,
     tile_rows,
     value_at,
@@ -169,6 +175,8 @@ def _categorical_kernel(
     TOP_P: tl.constexpr,
     MIN_P: tl.constexpr,
     GROUPED: tl.constexpr,
+    NG: tl.constexpr,
+    STRIDED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -220,19 +228,31 @@ def _categorical_kernel(
     best_u = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     if GROUPED and not ARGMAX:
         # pass 1: group log-sums and the group race; pass 2: the race inside the winning group
+        # (NG > 0: per-group max / sum in the loop, the group keys raced once after it)
         g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
         g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if NG > 0:
+            gmax, gsum = group_init(BLOCK_N, BLOCK_V, NG)
         for start in range(0, V, BLOCK_V):
-            cols, inside, key, u = _load(
-                w_ptr, rows, row_ok, stride, start, V, inv_t, IS_LOG, BLOCK_V
-            )
+            cols = block_columns(start, BLOCK_V, STRIDED and NG > 0)
+            inside, key, u = _load_at(w_ptr, rows, row_ok, stride, cols[None, :], V, inv_t, IS_LOG)
             u = tl.where(
                 _kept(inside, key, u, t_k, t_p, u_min, TOP_K, TOP_P, MIN_P), u, float("-inf")
             )
-            lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+            if NG > 0:
+                gmax, gsum = group_accumulate(gmax, gsum, u, start, BLOCK_N, BLOCK_V, STRIDED)
+            else:
+                lse_g = group_lse(u, BLOCK_N, BLOCK_V)
+                seed = reload_seed(seed_ptr)
+                best, best_idx = group_race(
+                    best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+                )
+                if WANT_PROB:
+                    g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
+        if NG > 0:
             seed = reload_seed(seed_ptr)
-            best, best_idx = group_race(
-                best, best_idx, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+            best, best_idx, lse_g = group_keys(
+                gmax, gsum, seed, offset_lo, offset_hi, rows, BLOCK_N
             )
             if WANT_PROB:
                 g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
@@ -291,6 +311,9 @@ def sample_categorical_op(
     if n:
         grid, tiles = row_tiles(n, vocab, race_block(vocab, block_v))
         argmax = temperature == 0.0
+        # top-k launches keep the in-loop group race: with the radix-select state the hoisted
+        # group state spilled (8 B stack at sm_90, V = 32768)
+        n_groups = 0 if 0 < top_k < vocab else race_groups(vocab, tiles["BLOCK_V"])
         _categorical_kernel[grid](
             weights,
             out,
@@ -311,6 +334,8 @@ def sample_categorical_op(
             TOP_P=top_p < 1.0,
             MIN_P=min_p > 0.0,
             GROUPED=grouped(vocab),
+            NG=n_groups,
+            STRIDED=strided_groups(weights, tiles["BLOCK_V"], tiles["num_warps"]),
             **tiles,
         )
     return out, prob

@@ -30,6 +30,10 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    block_columns,
+    group_accumulate,
+    group_init,
+    group_keys,
     group_lse,
     group_race,
     grouped,
@@ -37,12 +41,14 @@ from fastdiff.kernels.race import (
     lse_merge,
     lse_merged,
     race_block,
+    race_groups,
     race_noise,
     reload_seed,
     span_argmax,
     span_columns,
     span_noise,
     split_offset,
+    strided_groups,
     take,
     tile_tokens,
     value_at,
@@ -70,6 +76,9 @@ def _candidates_kernel(
     CONF: tl.constexpr,
     HAS_FIXED: tl.constexpr,
     RACE_GROUPS: tl.constexpr,
+    NG: tl.constexpr,
+    STRIDED: tl.constexpr,
+    UNIT_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -88,12 +97,19 @@ def _candidates_kernel(
         run_dot = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         row_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
         row_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        # the group log-sums give the row's log-sum-exp too when T = 1 (UNIT_T)
+        ROW_FROM_GROUPS: tl.constexpr = RACE_GROUPS and NG > 0 and UNIT_T and CONF != 2
+        if RACE_GROUPS and NG > 0:  # per-group max / sum in the loop, keys raced after it
+            gmax, gsum = group_init(BLOCK_N, BLOCK_V, NG)
         for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+            cols = block_columns(start, BLOCK_V, STRIDED and RACE_GROUPS and NG > 0)
             keep = active[:, None] & ((cols < V) & (cols != mask_id))[None, :]
             ptrs = l_ptr + rows[:, None] * stride + cols[None, :]
             lg = tl.load(ptrs, mask=keep, other=float("-inf")).to(tl.float32)
-            if RACE_GROUPS:  # pass 1 of the grouped race: the group keys
+            if RACE_GROUPS and NG > 0:
+                u = tl.where(keep, lg * inv_t, float("-inf"))
+                gmax, gsum = group_accumulate(gmax, gsum, u, start, BLOCK_N, BLOCK_V, STRIDED)
+            elif RACE_GROUPS:  # pass 1 of the grouped race: the group keys, block by block
                 lse_g = group_lse(tl.where(keep, lg * inv_t, float("-inf")), BLOCK_N, BLOCK_V)
                 seed = reload_seed(seed_ptr)
                 best, best_idx = group_race(
@@ -108,7 +124,9 @@ def _candidates_kernel(
                 blk, blk_idx = block_argmax(key, cols)
                 best_l = tl.where(blk > best, value_at(lg, cols, blk_idx), best_l)
                 best, best_idx = take(best, best_idx, blk, blk_idx)
-            if RACE_GROUPS and CONF != 2:
+            if ROW_FROM_GROUPS:
+                pass
+            elif RACE_GROUPS and CONF != 2:
                 # per-row running log-sum-exp (one exp per element, two registers per row): the
                 # two-pass kernel holds fewer values through its loop than with per-lane sums
                 row_max, row_sum = lse_merge(row_max, row_sum, lg)
@@ -129,6 +147,13 @@ def _candidates_kernel(
                 b2 = tl.max(tl.where(cols[None, :] == i1[:, None], float("-inf"), lg), axis=1)
                 top2 = tl.maximum(tl.maximum(tl.minimum(top1, b1), top2), b2)
                 top1 = tl.maximum(top1, b1)
+        if RACE_GROUPS and NG > 0:
+            seed = reload_seed(seed_ptr)
+            best, best_idx, lse_g = group_keys(
+                gmax, gsum, seed, offset_lo, offset_hi, rows, BLOCK_N
+            )
+            if ROW_FROM_GROUPS:
+                row_max, row_sum = lse_merge(row_max, row_sum, lse_g)
         if RACE_GROUPS:  # pass 2: the race over the columns of the winning group
             cols2 = span_columns(best_idx)
             keep2 = active[:, None] & (cols2 < V) & (cols2 != mask_id)
@@ -198,6 +223,9 @@ def unmask_candidates_op(
             CONF=confidence,
             HAS_FIXED=fixed is not None,
             RACE_GROUPS=grouped(vocab) and not argmax,
+            NG=race_groups(vocab, tiles["BLOCK_V"]),
+            STRIDED=strided_groups(logits, tiles["BLOCK_V"], tiles["num_warps"]),
+            UNIT_T=temperature == 1.0,
             **tiles,
         )
     return xhat, conf

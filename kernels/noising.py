@@ -27,14 +27,20 @@ from fastdiff.kernels.philox_noise import (
     uniform52_from_words,
 )
 from fastdiff.kernels.race import (
+    block_columns,
+    group_accumulate,
+    group_init,
+    group_keys,
     group_lse,
     group_race,
     grouped,
     race_block,
+    race_groups,
     reload_seed,
     span_argmax,
     span_columns,
     span_noise,
+    strided_groups,
 )
 
 _BLOCK_ROWS = 1024
@@ -174,6 +180,8 @@ def _dense_race_kernel(
     HAS_MATS: tl.constexpr,
     HAS_FIXED: tl.constexpr,
     GROUPED: tl.constexpr,
+    NG: tl.constexpr,
+    STRIDED: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -195,15 +203,24 @@ def _dense_race_kernel(
             v_ok = tl.where(x0_ok, V, 0)  # columns to read: none for an out-of-range id
             best1 = tl.full((1,), float("-inf"), tl.float32)
             best_g = tl.zeros((1,), dtype=tl.int64)
+            if NG > 0:  # per-group max / sum in the loop, the group keys raced after it
+                gmax, gsum = group_init(1, BLOCK_V, NG)
             for start in range(0, V, BLOCK_V):
-                cols = start + tl.arange(0, BLOCK_V)[None, :]
+                cols = block_columns(start, BLOCK_V, STRIDED and NG > 0)[None, :]
                 inside = cols < v_ok
                 w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
-                lse_g = group_lse(tl.where(inside, tl.log(w), float("-inf")), 1, BLOCK_V)
+                lw = tl.where(inside, tl.log(w), float("-inf"))
+                if NG > 0:
+                    gmax, gsum = group_accumulate(gmax, gsum, lw, start, 1, BLOCK_V, STRIDED)
+                else:
+                    lse_g = group_lse(lw, 1, BLOCK_V)
+                    seed = reload_seed(seed_ptr)
+                    best1, best_g = group_race(
+                        best1, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+                    )
+            if NG > 0:
                 seed = reload_seed(seed_ptr)
-                best1, best_g = group_race(
-                    best1, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
-                )
+                best1, best_g, _ = group_keys(gmax, gsum, seed, offset_lo, offset_hi, rows, 1)
             cols = span_columns(best_g)
             inside = cols < v_ok
             w = tl.load(q_row + cols, mask=inside, other=0.0).to(tl.float32)
@@ -261,6 +278,8 @@ def corrupt_dense_op(
             HAS_MATS=matrix_index is not None,
             HAS_FIXED=fixed is not None,
             GROUPED=grouped(vocab),
+            NG=race_groups(vocab, block),
+            STRIDED=strided_groups(transition, block, num_warps(block)),
             BLOCK_V=block,
             num_warps=num_warps(block),
         )

@@ -16,6 +16,7 @@ group log-sum-exps (:func:`group_lse`) and races the group keys ``log W_g - log 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -27,6 +28,10 @@ MASK32 = 0xFFFFFFFF
 # the race's group size and group counter base, as constexprs (kernels read them)
 GROUP = tl.constexpr(frandom.RACE_GROUP)
 GROUP_BASE = tl.constexpr(frandom.GROUP_COUNTER_BASE)
+# Pass 1 keeps the per-group max and sum of every group of the row in registers (``[BLOCK_N,
+# NG]`` each, NG / (32 num_warps) values per thread) up to this many group slots, i.e. rows of
+# up to 262144 columns; longer rows race the group keys block by block inside the loop.
+MAX_HOISTED_GROUPS = 1024
 
 
 def grouped(vocab: int) -> bool:
@@ -41,6 +46,27 @@ def race_block(vocab: int, block_v: int = 0) -> int:
     size for a grouped row, so that every block holds whole groups."""
     block = block_v or block_size(vocab)
     return max(block, frandom.RACE_GROUP) if grouped(vocab) else block
+
+
+def race_groups(vocab: int, block_v: int) -> int:
+    """The launch's ``NG``: group slots of the per-group state pass 1 keeps in registers (a power
+    of two, at least the ``cdiv(vocab, block_v) * block_v // G`` groups the loop visits), or 0
+    when the row is not grouped or needs more than :data:`MAX_HOISTED_GROUPS` slots (pass 1 then
+    races the groups of each block in the loop). ``block_v`` is the launch's ``BLOCK_V``."""
+    if not grouped(vocab):
+        return 0
+    slots = triton.next_power_of_2(triton.cdiv(vocab, block_v)) * (block_v // frandom.RACE_GROUP)
+    return slots if slots <= MAX_HOISTED_GROUPS else 0
+
+
+def strided_groups(t: torch.Tensor, block_v: int, num_warps: int) -> bool:
+    """The launch's ``STRIDED``: whether pass 1 should permute the columns of each block (see
+    :func:`block_columns`). Triton vectorizes the loads of a row only when the base pointer is
+    16-byte aligned and the row stride divisible by 16 (V = 50258 is not); scalar loads give each
+    thread the columns ``t, t + 256, ...`` of a 2048-column block, one per group, and every group
+    reduction then crosses all 8 warps. Only for 2048-column blocks over 8 warps."""
+    aligned = t.data_ptr() % 16 == 0 and all(s % 16 == 0 for s in t.stride()[:-1])
+    return not aligned and block_v == 8 * frandom.RACE_GROUP and num_warps == 8
 
 
 def split_offset(offset: int) -> tuple[int, int]:
@@ -91,6 +117,74 @@ def group_lse(lw, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
     top = tl.max(t, axis=2)
     safe = tl.where(top == float("-inf"), 0.0, top)
     return safe + tl.log(tl.sum(tl.exp(t - safe[:, :, None]), axis=2))
+
+
+@triton.jit
+def group_init(BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, NG: tl.constexpr):
+    """Empty per-group state of pass 1: ``(gmax, gsum)`` ``[BLOCK_N, NG // GB, GB]`` with ``GB =
+    BLOCK_V // GROUP`` (slot ``[r, b, k]`` is group ``b GB + k``: block ``b``'s ``k``-th)."""
+    shape: tl.constexpr = (BLOCK_N, NG // (BLOCK_V // GROUP), BLOCK_V // GROUP)
+    return tl.zeros(shape, dtype=tl.float32), tl.zeros(shape, dtype=tl.float32)
+
+
+@triton.jit
+def block_columns(start, BLOCK_V: tl.constexpr, STRIDED: tl.constexpr):
+    """The columns (int64 ``[BLOCK_V]``) of pass 1's block at ``start``: in order, or, when
+    ``STRIDED`` (scalar loads, 2048 columns over 8 warps: a thread holds positions ``p = 256 r
+    + 32 w + l`` of the block, warp ``w``, lane ``l``), permuted to column ``256 w + 32 r + l``,
+    so that warp ``w`` holds exactly group ``w`` of the block and the group reductions of
+    :func:`group_accumulate` stay inside a warp. Only the order within the block changes."""
+    p = tl.arange(0, BLOCK_V)
+    if STRIDED:
+        p = ((p // 32) % 8) * GROUP + (p // GROUP) * 32 + p % 32
+    return start + p.to(tl.int64)
+
+
+@triton.jit
+def _group_max_sum(lw, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, STRIDED: tl.constexpr):
+    """Per group of the block ``lw [BLOCK_N, BLOCK_V]`` (columns from :func:`block_columns`):
+    the max (0 for a group of ``-inf``) and the sum of ``e^(lw - max)``, ``[BLOCK_N, GB]``."""
+    if STRIDED:  # position 256 r + 32 w + l holds column 256 w + 32 r + l: group w
+        t = tl.reshape(lw, (BLOCK_N, 8, 8, 32))
+        top = tl.max(tl.max(t, axis=1), axis=2)
+        safe = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.sum(tl.sum(tl.exp(t - safe[:, None, :, None]), axis=1), axis=2)
+    else:
+        t = tl.reshape(lw, (BLOCK_N, BLOCK_V // GROUP, GROUP))
+        top = tl.max(t, axis=2)
+        safe = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.sum(tl.exp(t - safe[:, :, None]), axis=2)
+    return safe, total
+
+
+@triton.jit
+def group_accumulate(
+    gmax, gsum, lw, start, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, STRIDED: tl.constexpr
+):
+    """Pass 1's work per block of ``lw [BLOCK_N, BLOCK_V]`` at column ``start``: each group's
+    max (0 for a group of ``-inf``) and its sum of ``e^(lw - max)``, written into the slots of
+    this block in ``gmax``, ``gsum`` (:func:`group_init`). No noise and no log in the loop: the
+    group keys are raced once after it (:func:`group_keys`). A group lies in one block (blocks
+    start at multiples of ``BLOCK_V``, a multiple of ``GROUP``), so nothing needs rescaling."""
+    safe, total = _group_max_sum(lw, BLOCK_N, BLOCK_V, STRIDED)
+    here = (tl.arange(0, gmax.shape[1]) == start // BLOCK_V)[None, :, None]
+    gmax = tl.where(here, safe[:, None, :], gmax)
+    gsum = tl.where(here, total[:, None, :], gsum)
+    return gmax, gsum
+
+
+@triton.jit
+def group_keys(gmax, gsum, seed, offset_lo, offset_hi, rows, BLOCK_N: tl.constexpr):
+    """Race all the groups of pass 1 at once: ``(best key, best group, lse_g)`` with ``lse_g =
+    gmax + log gsum`` ``[BLOCK_N, NG]`` (``-inf`` for an empty group or a slot past the row) and
+    keys ``lse_g - log E'_g`` (one Philox call per group, lowest group on ties): the same keys
+    as :func:`group_race` in the loop, so the same group wins."""
+    ng: tl.constexpr = gmax.shape[1] * gmax.shape[2]
+    lse_g = tl.reshape(gmax, (BLOCK_N, ng)) + tl.log(tl.reshape(gsum, (BLOCK_N, ng)))
+    groups = tl.arange(0, ng).to(tl.int64)
+    key = lse_g + group_noise(seed, offset_lo, offset_hi, rows, groups)
+    best, best_g = block_argmax(key, groups)
+    return best, best_g, lse_g
 
 
 @triton.jit

@@ -44,7 +44,11 @@ from fastdiff.kernels.launch import new_output, row_tiles
 from fastdiff.kernels.noising import seed_tensor
 from fastdiff.kernels.race import (
     block_argmax,
+    block_columns,
     column_noise,
+    group_accumulate,
+    group_init,
+    group_keys,
     group_lse,
     group_race,
     grouped,
@@ -53,12 +57,14 @@ from fastdiff.kernels.race import (
     lse_merged,
     online_lse,
     race_block,
+    race_groups,
     race_noise,
     reload_seed,
     span_argmax,
     span_columns,
     span_noise,
     split_offset,
+    strided_groups,
     take,
     tile_tokens,
 )
@@ -120,6 +126,8 @@ def _grouped_update(
     c1,
     log_norm,
     MODE: tl.constexpr,
+    NG: tl.constexpr,
+    STRIDED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -130,21 +138,32 @@ def _grouped_update(
     best_g = tl.zeros((BLOCK_N,), dtype=tl.int64)
     g_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     g_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if NG > 0:  # per-group max / sum in the loop, the group keys raced once after it
+        gmax, gsum = group_init(BLOCK_N, BLOCK_V, NG)
     for start in range(0, V, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V).to(tl.int64)
+        cols = block_columns(start, BLOCK_V, STRIDED and NG > 0)
         keep, lw = _move_log_weights(
             s_ptr, c_ptr, rows, active, x, stride, cols[None, :], V, c0, c1, log_norm, MODE
         )
-        lse_g = group_lse(lw, BLOCK_N, BLOCK_V)
-        seed = reload_seed(seed_ptr)
-        best, best_g = group_race(
-            best, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
-        )
+        if NG > 0:
+            gmax, gsum = group_accumulate(gmax, gsum, lw, start, BLOCK_N, BLOCK_V, STRIDED)
+        else:
+            lse_g = group_lse(lw, BLOCK_N, BLOCK_V)
+            seed = reload_seed(seed_ptr)
+            best, best_g = group_race(
+                best, best_g, lse_g, seed, offset_lo, offset_hi, rows, start, BLOCK_V
+            )
+            if MODE == 0:
+                g_sum += tl.sum(tl.exp(lse_g), axis=1)
+            if MODE == 2:
+                g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
+    seed = reload_seed(seed_ptr)
+    if NG > 0:
+        best, best_g, lse_g = group_keys(gmax, gsum, seed, offset_lo, offset_hi, rows, BLOCK_N)
         if MODE == 0:
             g_sum += tl.sum(tl.exp(lse_g), axis=1)
         if MODE == 2:
             g_max, g_sum = lse_merge(g_max, g_sum, lse_g)
-    seed = reload_seed(seed_ptr)
     stay_wins = rows < 0  # no stay option: all False
     if MODE != 1 and MODE != 4:
         if MODE == 0:
@@ -188,6 +207,8 @@ def _update_kernel(
     MASKED_ONLY: tl.constexpr,
     HAS_FIXED: tl.constexpr,
     GROUPED: tl.constexpr,
+    NG: tl.constexpr,
+    STRIDED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -218,6 +239,8 @@ def _update_kernel(
                 c1,
                 log_norm,
                 MODE,
+                NG,
+                STRIDED,
                 BLOCK_N,
                 BLOCK_V,
             )
@@ -297,6 +320,8 @@ def reverse_update_op(
             MASKED_ONLY=masked_only,
             HAS_FIXED=fixed is not None,
             GROUPED=grouped(vocab),
+            NG=race_groups(vocab, tiles["BLOCK_V"]),
+            STRIDED=strided_groups(scores, tiles["BLOCK_V"], tiles["num_warps"]),
             **tiles,
         )
     return out

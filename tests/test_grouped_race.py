@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import fastdiff
 from fastdiff import random as frandom
 from fastdiff.kernels import categorical, launch, noising, updates
+from fastdiff.kernels import race as race_kernels
 from fastdiff.reference import noising as ref_noising
 from fastdiff.reference.sampling import race
 
@@ -125,6 +126,56 @@ def test_dense_noising_and_candidates_tokens_equal_reference(seed, vocab, block_
     x = torch.full((8,), mask_id)
     out = _both(fastdiff.unmask_candidates, logits, x, mask_id=mask_id, temperature=0.8, seed=seed)
     assert int((out["reference"][0] != out["triton"][0]).sum()) <= 1
+
+
+@pytest.mark.parametrize("hoisted", [True, False])
+@pytest.mark.parametrize("vocab", [2500, 4096])
+def test_full_blocks_hoisted_and_in_loop_races_equal_reference(monkeypatch, vocab, hoisted):
+    """2048-column blocks: V = 2500 (rows not 16-aligned: permuted block columns, STRIDED) and
+    V = 4096 (aligned); pass 1 keeps the group state in registers, or (``hoisted=False``, as
+    above MAX_HOISTED_GROUPS) races the groups block by block. Same tokens as the reference."""
+    assert race_kernels.strided_groups(torch.empty(3, vocab), 2048, 8) == (vocab % 16 != 0)
+    assert race_kernels.race_groups(vocab, 2048) == triton_slots(vocab)
+    if not hoisted:
+        monkeypatch.setattr(race_kernels, "MAX_HOISTED_GROUPS", 0)
+    seed, n = 12345, 3
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(n, vocab, generator=gen) * 3
+    mask_id = vocab - 7
+    for filters in ({}, {"min_p": 0.02}):
+        with fastdiff.use_backend("reference"):
+            want, p_ref = fastdiff.sample_categorical(
+                logits=logits, seed=seed, offset=3, return_prob=True, temperature=0.8, **filters
+            )
+        args = (logits, True, seed, 3, 0.8, None, None, filters.get("min_p"), True)
+        got, p_k = categorical.sample_categorical(*args)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(p_k, p_ref, rtol=2e-5, atol=1e-7)
+    x = torch.tensor([mask_id, mask_id, 5])
+    for name in ("euler", "mdlm", "analytic_uniform"):
+        fn, kw = UPDATES[name]
+        if "uniform" not in name:
+            kw = {**kw, "mask_id": mask_id}
+        out = _both(fn, logits - 4.0, x, seed=seed, offset=2, **kw)
+        assert torch.equal(out["reference"], out["triton"]), name
+    for t in (1.0, 0.8):
+        out = _both(
+            fastdiff.unmask_candidates, logits, x, mask_id=mask_id, temperature=t, seed=seed
+        )
+        assert torch.equal(out["reference"][0], out["triton"][0])
+        torch.testing.assert_close(
+            out["triton"][1], out["reference"][1].float(), rtol=1e-4, atol=1e-6
+        )
+    q = torch.softmax(torch.randn(4, vocab, generator=gen, dtype=torch.float64) * 2, -1)
+    q = torch.cat([q, q.flip(0)]).repeat(vocab // 8 + 1, 1)[:vocab]
+    x0 = torch.tensor([0, 1, vocab - 1])
+    want = ref_noising.corrupt_dense(x0, q, None, None, seed, 1)
+    assert torch.equal(noising.corrupt_dense(x0, q.float(), None, None, seed, 1), want)
+
+
+def triton_slots(vocab: int) -> int:
+    blocks = -(-vocab // 2048)
+    return (1 << (blocks - 1).bit_length()) * (2048 // G)
 
 
 def _weights() -> torch.Tensor:
