@@ -50,7 +50,7 @@ def _norms_kernel(emb_ptr, norms_ptr, V, H, BLOCK_V: tl.constexpr, BLOCK_K: tl.c
 # they take smaller tiles. Each set compiles without spills for sm_80 and sm_90 (checked by
 # tests/test_gpu_compile.py).
 _TENSOR_CORE_TILES = ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 4))
-_UPCAST_TILES = ((64, 64, 32, 4, 1), (64, 64, 16, 4, 2), (32, 64, 32, 4, 2))
+_UPCAST_TILES = ((64, 64, 32, 4, 1), (64, 64, 16, 4, 2))
 
 
 def _configs() -> list[triton.Config]:

@@ -32,18 +32,26 @@ from fastdiff.reference import gaussian as ref
 
 @triton.jit
 def _ddpm_coefs(a, a_prev, X0: tl.constexpr, POSTERIOR: tl.constexpr):
-    """float64 ``(c_xt, c_out, sigma)`` of :func:`fastdiff.reference.gaussian.ddpm_step`."""
-    alpha = a / a_prev
-    beta = (a_prev - a) / a_prev
+    """float64 ``(c_xt, c_out, sigma)`` of :func:`fastdiff.reference.gaussian.ddpm_step`.
+
+    One float64 division per row (``r = 1 / (a a' (1 - a))``; every quotient of the reference is
+    a product with ``r``, equal to it within a few float64 ulps): each IEEE float64 division
+    compiles to a call of a slow-path routine whose saved registers spilled to the stack."""
     one_minus = 1.0 - a
+    r = 1.0 / (a * a_prev * one_minus)
+    inv_prev = a * one_minus * r  # 1 / a'
+    inv_one_minus = a * a_prev * r  # 1 / (1 - a)
+    alpha = a * inv_prev
+    beta = (a_prev - a) * inv_prev
     if X0:
-        c_out = tl.sqrt(a_prev) * beta / one_minus
-        c_xt = tl.sqrt(alpha) * (1.0 - a_prev) / one_minus
+        c_out = tl.sqrt(a_prev) * beta * inv_one_minus
+        c_xt = tl.sqrt(alpha) * (1.0 - a_prev) * inv_one_minus
     else:
-        c_out = -beta / (tl.sqrt(one_minus) * tl.sqrt(alpha))
-        c_xt = 1.0 / tl.sqrt(alpha)
+        inv_alpha = a_prev * a_prev * one_minus * r  # a' / a
+        c_xt = tl.sqrt(inv_alpha)  # 1 / sqrt(alpha)
+        c_out = -beta * c_xt * tl.sqrt(inv_one_minus)  # -beta / (sqrt(1 - a) sqrt(alpha))
     if POSTERIOR:
-        var = beta * (1.0 - a_prev) / one_minus
+        var = beta * (1.0 - a_prev) * inv_one_minus
     else:
         var = beta
     var = tl.where(a_prev == 1.0, 0.0, var)
@@ -55,16 +63,19 @@ def _ddim_coefs(a, a_prev, eta, X0: tl.constexpr):
     """float64 ``(c_in, c_scale, c_x0, c_eps, sigma)`` of
     :func:`fastdiff.reference.gaussian.ddim_step`: ``x0_hat = (x_t - c_in eps) c_scale``
     (eps prediction; ``eps = (x_t - c_in x0_hat) c_scale`` for x0 prediction), then
-    ``x' = c_x0 x0_hat + c_eps eps + sigma z``."""
+    ``x' = c_x0 x0_hat + c_eps eps + sigma z``. One float64 division per row, as
+    :func:`_ddpm_coefs`."""
     one_minus = 1.0 - a
     one_minus_prev = 1.0 - a_prev
+    r = 1.0 / (a * a_prev * one_minus)
+    inv_one_minus = a * a_prev * r
     if X0:
         c_in = tl.sqrt(a)
-        c_scale = 1.0 / tl.sqrt(one_minus)
+        c_scale = tl.sqrt(inv_one_minus)  # 1 / sqrt(1 - a)
     else:
         c_in = tl.sqrt(one_minus)
-        c_scale = 1.0 / tl.sqrt(a)
-    sig2 = eta * eta * one_minus_prev / one_minus * ((a_prev - a) / a_prev)
+        c_scale = tl.sqrt(a_prev * one_minus * r)  # 1 / sqrt(a)
+    sig2 = eta * eta * one_minus_prev * inv_one_minus * ((a_prev - a) * a * one_minus * r)
     dir2 = tl.maximum(one_minus_prev - sig2, 0.0)
     return c_in, c_scale, tl.sqrt(a_prev), tl.sqrt(dir2), tl.sqrt(sig2)
 

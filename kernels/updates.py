@@ -90,7 +90,9 @@ def _row_log_sum(s_ptr, rows, active, x, stride, V, BLOCK_N: tl.constexpr, BLOCK
 @triton.jit
 def _log_pos(v):
     """``log v`` where ``v > 0``, else ``-inf`` (clamped weights)."""
-    return tl.where(v > 0.0, tl.log(tl.maximum(v, 1e-38)), float("-inf"))
+    # 2^-126, the smallest normal fp32 (1e-38 is subnormal: flushed to 0 on the GPU, and a
+    # float64 constant for triton 3.8, which made the race key float64)
+    return tl.where(v > 0.0, tl.log(tl.maximum(v, 1.1754943508222875e-38)), float("-inf"))
 
 
 @triton.jit

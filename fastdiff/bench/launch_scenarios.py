@@ -14,6 +14,7 @@ Each scenario is a function of no arguments; :data:`SCENARIOS` maps its name to 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -144,8 +145,25 @@ for _dtype in DTYPES:
 
 
 def _categorical(dtype: torch.dtype, vocab: int) -> None:
-    # Logits: greedy, plain, with the probability, each filter alone, all filters with the
-    # probability. Probabilities (IS_LOG off): plain and all filters.
+    # bf16 at V = 50258: every combination of the modes (logits or probabilities, greedy or
+    # sampled, each filter on or off, the probability returned or not): register allocation,
+    # and so spilling, depends on the combination. Other dtypes and V: each mode once.
+    if dtype == torch.bfloat16 and vocab == V:
+        w = _scores(dtype, vocab)
+        for log, temperature, top_k, top_p, min_p, prob in itertools.product(
+            (True, False), (0.0, 0.7), (None, 50), (None, 0.9), (None, 0.05), (False, True)
+        ):
+            given = {"logits": w} if log else {"probs": w}
+            fastdiff.sample_categorical(
+                **given,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                return_prob=prob,
+                seed=1,
+            )
+        return
     all_filters = {"top_k": 50, "top_p": 0.9, "min_p": 0.05, "return_prob": True}
     logits = _scores(dtype, vocab)
     for options in (
