@@ -51,14 +51,14 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Opcode classes
 # --------------------------------------------------------------------------------------------
-# Sources and choices (a model; see the report of this module for what is uncertain):
+# Sources and choices (a model; what is uncertain is said next to each choice):
 # * NVIDIA CUDA C++ Programming Guide, "Arithmetic Instructions", throughput table (results per
 #   clock per SM; compute capability 8.0 and 9.0 columns): fp32 add/mul/fma 64 (8.0) / 128 (9.0);
 #   fp64 32 / 64; fp32 rcp/rsqrt/lg2/ex2/sin/cos 16 / 16; 32-bit integer add/sub/shift/compare/
 #   min/max/logic and multiply(-add) 64 / 64; population count, count leading zeros, bit
 #   reverse 16 / 16; warp shuffle 32 / 32; most type conversions 16 / 16. These figures are the
-#   brief's (shared/brief/kernels.md) and the author's reading of the Guide; they were not
-#   re-checked against the Guide's current text from this machine.
+#   project's kernel brief's and the author's reading of the Guide; they were not re-checked
+#   against the Guide's current text from this machine.
 # * IMAD: the Guide lists 32-bit integer multiply-add at 64/clk on 8.0 and 9.0, but NVIDIA
 #   engineers describe the pipes as: GA100 (sm_80) "FMA pipe handles IMAD, IDP and FP32
 #   operations"; GH100 (sm_90) "FMAheavy pipe handles IMAD, IDP and FP32; FMAlite handles FP32"
