@@ -52,6 +52,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     _loss(model, hidden, x_t, x0, sigma).backward()
     if rank == 0:
         torch.save([p.grad for p in model.parameters()], out)
+    # both ranks leave together: a rank tearing gloo down while the other still talks to it
+    # aborted the other process ("terminate called without an active exception") in CI
+    dist.barrier()
     dist.destroy_process_group()
 
 
