@@ -177,7 +177,6 @@ def _launch_from_hook(kwargs: dict[str, Any], scenario: str) -> Launch:
 @contextlib.contextmanager
 def _recording(sink: list[dict[str, Any]]) -> Iterator[None]:
     """Route Triton launches to ``sink`` instead of compiling or running them."""
-    import triton
     from triton import knobs
     from triton.runtime import autotuner
     from triton.runtime.driver import driver
@@ -199,6 +198,7 @@ def _recording(sink: list[dict[str, Any]]) -> Iterator[None]:
         self.nargs = None
 
     saved = (knobs.runtime.jit_cache_hook, autotuner.Autotuner.run, backend._kernel_runs_on)
+    active = driver._active  # None until a real driver was asked for: restored as it was
     driver.set_active(_CudaStandIn(90))
     knobs.runtime.jit_cache_hook = hook
     autotuner.Autotuner.run = every_config
@@ -208,8 +208,7 @@ def _recording(sink: list[dict[str, Any]]) -> Iterator[None]:
             yield
     finally:
         knobs.runtime.jit_cache_hook, autotuner.Autotuner.run, backend._kernel_runs_on = saved
-        driver.reset_active() if driver._default is not None else None
-        del triton
+        driver.set_active(active)
 
 
 def record(scenarios: dict[str, Callable[[], None]] | None = None) -> list[Launch]:
