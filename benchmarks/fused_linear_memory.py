@@ -50,21 +50,31 @@ def _step(loss: str, fused: bool, h, w, x_t, x0, sigma, mask_id) -> None:
         if loss == "score_entropy":
             if fused:
                 out = fastdiff.linear_score_entropy(
-                    h, w, x_t, x0, sigma, graph="absorb", mask_id=mask_id, weight=sigma
+                    h,
+                    w,
+                    x_t,
+                    x0,
+                    sigma=sigma,
+                    graph="absorb",
+                    mask_id=mask_id,
+                    weight=sigma,
+                    reduction="sum",
                 )
             else:
                 out = fastdiff.score_entropy(
                     h @ w.t(),
                     x_t,
                     x0,
-                    sigma,
+                    sigma=sigma,
                     graph="absorb",
                     mask_id=mask_id,
                     weight=sigma,
                     reduction="sum",
                 )
         elif fused:
-            out = fastdiff.linear_masked_diffusion_loss(h, w, x_t, x0, mask_id=mask_id)
+            out = fastdiff.linear_masked_diffusion_loss(
+                h, w, x_t, x0, mask_id=mask_id, reduction="sum"
+            )
         else:
             out = fastdiff.masked_diffusion_loss(
                 h @ w.t(), x_t, x0, mask_id=mask_id, reduction="sum"

@@ -3,7 +3,7 @@
 Public ops (each validates its inputs, then runs a Triton kernel or the reference, see
 :mod:`fastdiff.backend`):
 
-- noising: :func:`corrupt`, :func:`corrupt_dense`, :func:`q_sample`
+- noising: :func:`add_noise`, :func:`add_noise_dense`, :func:`add_noise_gaussian`
 - losses: :func:`score_entropy`, :func:`masked_diffusion_loss`, :func:`gaussian_loss`,
   :func:`d3pm_hybrid_loss`, :func:`concrete_score_matching`
 - likelihood: the diffusion ELBO and its perplexity bound, :mod:`fastdiff.likelihood`
@@ -20,13 +20,12 @@ from fastdiff.backend import get_backend, register_kernel, set_backend, use_back
 from fastdiff.checks import set_value_checks, value_checks
 from fastdiff.d3pm import d3pm_hybrid_loss, d3pm_posterior, d3pm_posterior_logits, d3pm_step
 from fastdiff.gaussian import (
-    QSample,
+    GaussianNoised,
+    add_noise_gaussian,
     classifier_free_guidance,
     ddim_step,
     ddpm_step,
     gaussian_loss,
-    guided_logits,
-    q_sample,
     round_to_embedding,
 )
 from fastdiff.losses import (
@@ -37,7 +36,7 @@ from fastdiff.losses import (
     scale_by_sigma,
     score_entropy,
 )
-from fastdiff.noising import corrupt, corrupt_dense
+from fastdiff.noising import add_noise, add_noise_dense
 from fastdiff.samplers import (
     ConfidenceScheduler,
     D3PMScheduler,
@@ -70,20 +69,21 @@ __all__ = [
     "D3PMScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
+    "GaussianNoised",
     "LoopResult",
     "MDLMScheduler",
-    "QSample",
     "SEDDAnalyticScheduler",
     "SEDDEulerScheduler",
     "SampleOutput",
     "SchedulerOutput",
     "StepLoop",
     "__version__",
+    "add_noise",
+    "add_noise_dense",
+    "add_noise_gaussian",
     "classifier_free_guidance",
     "concrete_score_matching",
     "confidence_unmask_step",
-    "corrupt",
-    "corrupt_dense",
     "d3pm_hybrid_loss",
     "d3pm_posterior",
     "d3pm_posterior_logits",
@@ -92,7 +92,6 @@ __all__ = [
     "ddpm_step",
     "gaussian_loss",
     "get_backend",
-    "guided_logits",
     "infill_mask",
     "likelihood",
     "linear_masked_diffusion_loss",
@@ -100,7 +99,6 @@ __all__ = [
     "masked_diffusion_loss",
     "mdlm_step",
     "prefix_mask",
-    "q_sample",
     "register_kernel",
     "round_to_embedding",
     "run_loop",

@@ -150,6 +150,16 @@ def finite(name: str, x: torch.Tensor, *, allow_neg_inf: bool = False) -> None:
         raise ValueError(f"{name} contains {what}")
 
 
+def _drop_trailing_ones(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """``shape`` without the trailing size-1 dimensions that broadcast against a batch of
+    ``ndim`` dimensions (``[B, 1]`` against ``[B, L]`` is ``[B]``)."""
+    if len(shape) > ndim:
+        return shape
+    while shape and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 def per_position(
     name: str,
     value: float | torch.Tensor,
@@ -162,19 +172,23 @@ def per_position(
 ) -> torch.Tensor:
     """Expand a per-position scalar to ``batch_shape``.
 
-    ``value`` is a number or a tensor whose shape is a prefix of ``batch_shape``. It is
-    checked for NaN (and sign when asked) and returned as a ``dtype`` tensor on ``device``.
+    ``value`` is a number or a tensor whose shape is a prefix of ``batch_shape`` (trailing
+    size-1 dimensions allowed: SEDD's ``[batch, 1]`` for ``[batch, length]``). It is checked
+    for NaN (and sign when asked) and returned as a ``dtype`` tensor on ``device``.
     """
     if isinstance(value, torch.Tensor):
         if value.device != device and value.numel() != 1:
             raise ValueError(f"{name} is on {value.device} but the inputs are on {device}")
         t = value.to(device=device, dtype=dtype)
-        k = t.dim()
-        if tuple(t.shape) != tuple(batch_shape[:k]):
+        shape = _drop_trailing_ones(tuple(t.shape), len(batch_shape))
+        k = len(shape)
+        if shape != tuple(batch_shape[:k]):
             raise ValueError(
                 f"{name} has shape {tuple(t.shape)}; it must be a prefix of {tuple(batch_shape)} "
-                "(a number, per sequence or per position)"
+                "(a number, per sequence or per position), optionally followed by size-1 "
+                "dimensions (SEDD's [batch, 1])"
             )
+        t = t.reshape(shape)
         t = t.reshape(t.shape + (1,) * (len(batch_shape) - k)).expand(batch_shape)
         check = value
     else:

@@ -4,10 +4,11 @@ and rounding to the nearest embedding (ops.md sections 2, 3d, 4e).
 
 Shapes: a state ``x`` (``x0``, ``x_t``, model outputs, noise) is floating ``[*B, H]``: ``B``
 the batch shape (e.g. ``[batch, length]``), ``H`` the feature (embedding) width. Token ids are
-``[*B]``, an embedding table ``[V, H]``. Per-position scalars (``abar``, ``abar_prev``,
-``eta``, ``weight``, ``guidance_scale``, ``scale``) are a Python number or a tensor whose shape
-is a prefix of ``B`` (per sequence or per position). ``fixed`` (bool, prefix of ``B``) marks
-positions that are never noised and never change (prompt, DiffuSeq source side, padding).
+``[*B]``, an embedding table ``[V, H]``. Per-position scalars (``alpha_bar``,
+``alpha_bar_next``, ``eta``, ``weight``, ``guidance_scale``) are a Python number or a tensor
+whose shape is a prefix of ``B`` (per sequence or per position). ``fixed`` (bool, prefix of
+``B``) marks positions that are never noised and never change (prompt, DiffuSeq source side,
+padding).
 
 Precision: fp16 / bf16 inputs are computed in float32, float64 inputs in float64; outputs
 come back in the input dtype. Randomness: noise that is not passed in is drawn with
@@ -34,11 +35,12 @@ VARIANCES = ("beta", "posterior")
 Scalar = float | torch.Tensor
 
 
-class QSample(NamedTuple):
-    """Result of :func:`q_sample`: all three are ``[*B, H]``."""
+class GaussianNoised(NamedTuple):
+    """Result of :func:`add_noise_gaussian`: all three are ``[*B, H]``."""
 
     x_t: torch.Tensor
-    """The noised state ``sqrt(abar) x0 + sqrt(1 - abar) noise`` (``x0`` at fixed positions)."""
+    """The noised state ``sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise`` (``x0`` at fixed
+    positions)."""
     noise: torch.Tensor
     """The noise used (the eps-prediction target); 0 at fixed positions."""
     x0: torch.Tensor
@@ -131,20 +133,22 @@ def _abar(
     return t.reshape(-1)
 
 
-def _guidance_scale(
+def _guidance_weight(
     scale: Scalar,
     uncond: torch.Tensor | None,
     batch_shape: torch.Size,
     device: torch.device,
 ) -> torch.Tensor | None:
+    """``w = guidance_scale - 1`` per row (the form the kernels take), or ``None`` without
+    guidance."""
     if uncond is not None:
-        return _real("guidance_scale", scale, batch_shape, device)
+        return _real("guidance_scale", scale, batch_shape, device) - 1.0
     if isinstance(scale, torch.Tensor) or (
-        isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 0
+        isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 1
     ):
         raise ValueError(
-            "guidance_scale needs model_output_uncond (classifier-free guidance combines the "
-            "conditional and the unconditional model outputs)"
+            "guidance_scale != 1 needs model_output_uncond (classifier-free guidance combines "
+            "the conditional and the unconditional model outputs)"
         )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"guidance_scale must be a number or a tensor, got {type(scale).__name__}")
@@ -168,23 +172,25 @@ def _flat(t: torch.Tensor | None, n: int, h: int | None = None) -> torch.Tensor 
 # --------------------------------------------------------------------------------------------
 
 
-def q_sample(
+def add_noise_gaussian(
     x0: torch.Tensor,
-    abar: Scalar,
     *,
+    alpha_bar: Scalar,
     noise: torch.Tensor | None = None,
     embedding: torch.Tensor | None = None,
     fixed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
-) -> QSample:
-    """Sample ``x_t ~ q(x_t | x0)``: ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` (ops.md 2).
+) -> GaussianNoised:
+    """Sample ``x_t ~ q(x_t | x0)``: ``x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps``
+    (ops.md 2).
 
     Args:
         x0: the clean state, floating ``[*B, H]``; or, when ``embedding`` is given, token ids
             ``[*B]`` whose rows ``E[x0]`` are gathered (Diffusion-LM; fused with the noising).
-        abar: ``abar_t`` in ``[0, 1]``, a number or a tensor whose shape is a prefix of ``B``.
+        alpha_bar: ``alpha_bar_t`` in ``[0, 1]``, a number or a tensor whose shape is a prefix
+            of ``B``.
         noise: ``eps`` ``[*B, H]``; when ``None`` it is drawn, ``N(0, 1)`` keyed by
             ``(seed, offset, flattened position, feature)`` and rounded to the output dtype.
             When ``noise`` is given, ``generator`` / ``seed`` are not used.
@@ -193,7 +199,7 @@ def q_sample(
         generator / seed / offset: counter-based randomness (:mod:`fastdiff.random`).
 
     Returns:
-        :class:`QSample` ``(x_t, noise, x0)``, each ``[*B, H]`` in the dtype of ``x0`` (of
+        :class:`GaussianNoised` ``(x_t, noise, x0)``, each ``[*B, H]`` in the dtype of ``x0`` (of
         ``embedding`` for token input; a given ``noise`` is returned in its own dtype). The
         arithmetic runs in float32 for fp16 / bf16 and float64 for float64.
     """
@@ -221,7 +227,7 @@ def q_sample(
         checks.finite("x0", x0)
     if noise is not None:
         checks.finite("noise", noise)
-    a = _abar("abar", abar, batch_shape, device)
+    a = _abar("alpha_bar", alpha_bar, batch_shape, device)
     key = 0 if noise is not None else frandom.resolve_seed(seed, generator, device)
     impl = backend.resolve("q_sample", ref.q_sample, device)
     x_t, eps, clean = impl(
@@ -234,7 +240,7 @@ def q_sample(
         offset,
     )
     shape = (*batch_shape, h)
-    return QSample(x_t.reshape(shape), eps.reshape(shape), clean.reshape(shape))
+    return GaussianNoised(x_t.reshape(shape), eps.reshape(shape), clean.reshape(shape))
 
 
 def gaussian_loss(
@@ -243,7 +249,7 @@ def gaussian_loss(
     *,
     weight: Scalar | None = None,
     ignore: torch.Tensor | None = None,
-    reduction: str = "none",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Gaussian diffusion regression loss (ops.md 3d), per position.
 
@@ -282,19 +288,21 @@ def gaussian_loss(
 
 
 def classifier_free_guidance(
-    cond: torch.Tensor, uncond: torch.Tensor, scale: Scalar
+    cond: torch.Tensor, uncond: torch.Tensor, *, guidance_scale: Scalar
 ) -> torch.Tensor:
-    """Classifier-free guidance: ``(1 + w) cond - w uncond`` (ops.md 4e), ``w = scale``.
+    """Classifier-free guidance, diffusers' convention (ops.md 4e)::
 
-    Works for continuous model outputs (eps or x0, ``[*B, H]``) and for discrete logits
-    (``[*B, V]``, where it reads ``u + (w + 1)(c - u)``; see :func:`guided_logits`). It is
-    computed as ``cond + w (cond - uncond)``, so ``w = 0`` returns ``cond`` exactly and
-    ``w = -1`` gives ``uncond``. Entries that are equal in both (``-inf`` logits of an excluded
-    column included) are returned unchanged.
+        out = uncond + s (cond - uncond),   s = guidance_scale
+
+    (``s = 1 + w`` for the ``(1 + w) cond - w uncond`` of Ho & Salimans, and LLaDA's
+    ``cfg_scale = w``). Works for continuous model outputs (eps or x0, ``[*B, H]``) and for
+    discrete logits (``[*B, V]``). It is computed as ``cond + (s - 1)(cond - uncond)``, so
+    ``s = 1`` returns ``cond`` exactly and ``s = 0`` gives ``uncond``. Entries that are equal in
+    both (``-inf`` logits of an excluded column included) are returned unchanged.
 
     Args:
         cond, uncond: floating tensors of the same shape ``[*B, D]``.
-        scale: ``w``, a finite number or a tensor whose shape is a prefix of ``B``.
+        guidance_scale: ``s``, a finite number or a tensor whose shape is a prefix of ``B``.
 
     Returns ``[*B, D]`` in the dtype of ``cond`` (computed in float32, float64 for float64).
     """
@@ -302,22 +310,11 @@ def classifier_free_guidance(
     checks.floating("uncond", uncond)
     _same_shape("uncond", uncond, "cond", cond)
     device = checks.same_device(cond=cond, uncond=uncond)
-    w = _real("scale", scale, batch_shape, device)
+    w = _real("guidance_scale", guidance_scale, batch_shape, device) - 1.0
     checks.finite("cond", cond, allow_neg_inf=True)
     checks.finite("uncond", uncond, allow_neg_inf=True)
     out = ref.classifier_free_guidance(cond.reshape(n, d), uncond.reshape(n, d), w)
     return out.to(cond.dtype).reshape(cond.shape)
-
-
-def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: Scalar) -> torch.Tensor:
-    """Classifier-free guidance of discrete logits: ``l = u + (w + 1)(c - u)`` (ops.md 4e).
-
-    The same map as :func:`classifier_free_guidance` (``= (1 + w) c - w u``) under its logit
-    name: ``cond`` / ``uncond`` are the conditional / unconditional logits ``[*B, V]``,
-    ``scale`` is ``w`` (a number or a prefix of ``B``); ``w = 0`` returns ``cond`` exactly, and
-    a column that is ``-inf`` in both (an excluded mask column) stays ``-inf``.
-    """
-    return classifier_free_guidance(cond, uncond, scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,8 +341,8 @@ class _Step:
 def _prepare_step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
-    abar: Scalar,
-    abar_prev: Scalar,
+    alpha_bar: Scalar,
+    alpha_bar_next: Scalar,
     prediction: str,
     uncond: torch.Tensor | None,
     guidance_scale: Scalar,
@@ -365,11 +362,11 @@ def _prepare_step(
     device = checks.same_device(
         model_output=model_output, x_t=x_t, model_output_uncond=uncond, noise=noise, fixed=fixed
     )
-    scale = _guidance_scale(guidance_scale, uncond, batch_shape, device)
-    a = _abar("abar", abar, batch_shape, device, positive=True, below_one=True)
-    a_prev = _abar("abar_prev", abar_prev, batch_shape, device, positive=True)
+    scale = _guidance_weight(guidance_scale, uncond, batch_shape, device)
+    a = _abar("alpha_bar", alpha_bar, batch_shape, device, positive=True, below_one=True)
+    a_prev = _abar("alpha_bar_next", alpha_bar_next, batch_shape, device, positive=True)
     if checks.value_checks_enabled() and bool((a_prev < a).any()):
-        raise ValueError("abar_prev must be >= abar (the reverse process removes noise)")
+        raise ValueError("alpha_bar_next must be >= alpha_bar (the reverse process removes noise)")
     checks.finite("model_output", model_output)
     checks.finite("x_t", x_t)
     if uncond is not None:
@@ -396,12 +393,12 @@ def ddpm_step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
     *,
-    abar: Scalar,
-    abar_prev: Scalar,
+    alpha_bar: Scalar,
+    alpha_bar_next: Scalar,
     prediction: str = "eps",
     variance: str = "beta",
     model_output_uncond: torch.Tensor | None = None,
-    guidance_scale: Scalar = 0.0,
+    guidance_scale: Scalar = 1.0,
     noise: torch.Tensor | None = None,
     fixed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -410,28 +407,31 @@ def ddpm_step(
 ) -> torch.Tensor:
     """One DDPM ancestral step ``x_t -> x_{t-1}`` (ops.md 4e).
 
-    With ``alpha_t = abar / abar_prev`` and ``beta_t = 1 - alpha_t``::
+    With ``a = alpha_bar``, ``a' = alpha_bar_next``, ``alpha_t = a / a'`` and
+    ``beta_t = 1 - alpha_t``::
 
-        eps prediction: x_{t-1} = (x_t - beta_t / sqrt(1 - abar) eps_hat) / sqrt(alpha_t)
+        eps prediction: x_{t-1} = (x_t - beta_t / sqrt(1 - a) eps_hat) / sqrt(alpha_t)
                                   + sigma_t z
-        x0 prediction:  x_{t-1} = sqrt(abar_prev) beta_t / (1 - abar) x0_hat
-                                  + sqrt(alpha_t) (1 - abar_prev) / (1 - abar) x_t + sigma_t z
+        x0 prediction:  x_{t-1} = sqrt(a') beta_t / (1 - a) x0_hat
+                                  + sqrt(alpha_t) (1 - a') / (1 - a) x_t + sigma_t z
 
-    (the same posterior mean when ``x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)``),
+    (the same posterior mean when ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)``),
     ``sigma_t^2 = beta_t`` (``variance="beta"``) or the posterior variance
-    ``beta_t (1 - abar_prev) / (1 - abar)`` (``"posterior"``). No noise is added at the last
-    step, ``abar_prev == 1``.
+    ``beta_t (1 - a') / (1 - a)`` (``"posterior"``). No noise is added at the last step,
+    ``alpha_bar_next == 1``.
 
     Args:
         model_output: ``eps_hat`` or ``x0_hat`` ``[*B, H]`` (see ``prediction``).
         x_t: the current state ``[*B, H]``.
-        abar, abar_prev: ``abar_t`` in ``(0, 1)`` and ``abar_{t-1}`` in ``[abar_t, 1]``;
+        alpha_bar, alpha_bar_next: ``alpha_bar_t`` in ``(0, 1)`` and ``alpha_bar_{t-1}`` in
+            ``[alpha_bar_t, 1]``;
             numbers or tensors whose shape is a prefix of ``B``
             (``GaussianSchedule.alphas_cumprod[i]`` and ``.alphas_cumprod_prev[i]``).
         prediction: ``"eps"`` or ``"x0"``.
         variance: ``"beta"`` or ``"posterior"``.
         model_output_uncond / guidance_scale: when given, the model output is first replaced by
-            :func:`classifier_free_guidance` ``(1 + w) cond - w uncond``.
+            :func:`classifier_free_guidance` ``uncond + s (cond - uncond)`` (diffusers' ``s``;
+            1 = no guidance).
         noise: ``z`` ``[*B, H]``; when ``None`` it is drawn, keyed by
             ``(seed, offset, flattened position, feature)``.
         fixed: optional bool ``[*B]`` (or prefix): positions that keep ``x_t``.
@@ -443,8 +443,8 @@ def ddpm_step(
     st = _prepare_step(
         model_output,
         x_t,
-        abar,
-        abar_prev,
+        alpha_bar,
+        alpha_bar_next,
         prediction,
         model_output_uncond,
         guidance_scale,
@@ -475,29 +475,29 @@ def ddim_step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
     *,
-    abar: Scalar,
-    abar_prev: Scalar,
+    alpha_bar: Scalar,
+    alpha_bar_next: Scalar,
     eta: Scalar = 0.0,
     prediction: str = "eps",
     model_output_uncond: torch.Tensor | None = None,
-    guidance_scale: Scalar = 0.0,
+    guidance_scale: Scalar = 1.0,
     noise: torch.Tensor | None = None,
     fixed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """One DDIM(eta) step from ``abar`` to ``abar' = abar_prev`` (ops.md 4e).
+    """One DDIM(eta) step from ``a = alpha_bar`` to ``a' = alpha_bar_next`` (ops.md 4e).
 
-    ``x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)`` (eps prediction) or
-    ``eps = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)`` (x0 prediction); then::
+    ``x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)`` (eps prediction) or
+    ``eps = (x_t - sqrt(a) x0_hat) / sqrt(1 - a)`` (x0 prediction); then::
 
-        sig = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar')
-        x'  = sqrt(abar') x0_hat + sqrt(1 - abar' - sig^2) eps + sig z
+        sig = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')
+        x'  = sqrt(a') x0_hat + sqrt(1 - a' - sig^2) eps + sig z
 
     ``eta = 0`` is deterministic; ``eta = 1`` is the DDPM step with the posterior variance;
-    ``abar' = 1`` returns ``x0_hat``. ``1 - abar' - sig^2`` is clamped at 0 (``eta > 1``).
-    Steps may skip (``abar'`` any value in ``[abar, 1]``).
+    ``a' = 1`` returns ``x0_hat``. ``1 - a' - sig^2`` is clamped at 0 (``eta > 1``).
+    Steps may skip (``a'`` any value in ``[a, 1]``).
 
     Args:
         eta: ``>= 0``, a number or a tensor whose shape is a prefix of ``B``.
@@ -508,8 +508,8 @@ def ddim_step(
     st = _prepare_step(
         model_output,
         x_t,
-        abar,
-        abar_prev,
+        alpha_bar,
+        alpha_bar_next,
         prediction,
         model_output_uncond,
         guidance_scale,
@@ -543,7 +543,7 @@ def ddim_step(
 
 
 def round_to_embedding(
-    x: torch.Tensor, embedding: torch.Tensor
+    x0: torch.Tensor, embedding: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Round every vector to its nearest embedding row (Diffusion-LM clamping, ops.md 4e).
 
@@ -552,20 +552,21 @@ def round_to_embedding(
     reference holds one ``[rows, V]`` score block at a time (about 64 MB), never ``[N, V]``.
 
     Args:
-        x: floating ``[*B, H]`` (e.g. the predicted ``x0_hat``).
+        x0: floating ``[*B, H]`` (the clean state to round, e.g. the predicted ``x0_hat``).
         embedding: floating ``[V, H]``.
 
-    Returns ``(tokens [*B] int64, E[tokens] [*B, H])``, the rows in the dtype of ``x``; pass
+    Returns ``(tokens [*B] int64, E[tokens] [*B, H])``, the rows in the dtype of ``x0``; pass
     the rows to a step with ``prediction="x0"`` for the clamping trick.
     """
-    batch_shape, n, h = _state("x", x)
+    x = x0
+    batch_shape, n, h = _state("x0", x)
     vocab, width = _embedding(embedding)
     if width != h:
         raise ValueError(
-            f"x has {h} features but the embedding rows have {width} (shape {(vocab, width)})"
+            f"x0 has {h} features but the embedding rows have {width} (shape {(vocab, width)})"
         )
-    device = checks.same_device(x=x, embedding=embedding)
-    checks.finite("x", x)
+    device = checks.same_device(x0=x, embedding=embedding)
+    checks.finite("x0", x)
     checks.finite("embedding", embedding)
     impl = backend.resolve("round_to_embedding", ref.round_to_embedding, device)
     tokens, rounded = impl(x.reshape(n, h), embedding)

@@ -2,14 +2,15 @@
 perplexity upper bound of a data set (the metric of SEDD's and MDLM's results tables).
 
 A denoiser is a callable ``denoiser(x_t [B, L] int64, sigma [B] fp32) -> [B, L, V]``: raw
-log-scores (``log s(x_t)_{i, j}``, the log-ratio ``p_t(x_t with x_i = j) / p_t(x_t)``) for the
-objectives ``"absorb"`` and ``"uniform"``, logits over ``x0`` for ``"masked"`` (MDLM SUBS).
+log-scores (``log s(x_t)_{i, j}``, the log-ratio ``p_t(x_t with x_i = j) / p_t(x_t)``) for
+``objective="sedd"`` (``graph="absorb"`` or ``"uniform"``), logits over ``x0`` for
+``objective="mdlm"`` (MDLM SUBS, absorbing graph).
 It runs under :func:`torch.inference_mode` on its own device (an ``nn.Module``'s parameters
 decide; else the tokens' device), and is called once per (time, noise draw) on a whole batch,
 each sequence at its own time.
 
 **The bound.** Every token is noised independently with the rate matrix ``dsigma(t) Q``
-(absorbing or uniform graph, :func:`fastdiff.corrupt`). For the reverse process driven by the
+(absorbing or uniform graph, :func:`fastdiff.add_noise`). For the reverse process driven by the
 model's ratios and started from a base distribution ``pi`` at ``t = 1``, the KL divergence of
 the path measures given ``x0`` bounds the negative log-likelihood (SEDD, Lou et al. 2024)::
 
@@ -76,7 +77,7 @@ from torch import Tensor
 
 from fastdiff import checks
 from fastdiff.losses import masked_diffusion_loss, score_entropy
-from fastdiff.noising import corrupt
+from fastdiff.noising import add_noise
 from fastdiff.schedules import NoiseSchedule
 
 __all__ = [
@@ -87,7 +88,8 @@ __all__ = [
     "prior_nats_per_token",
 ]
 
-OBJECTIVES = ("absorb", "uniform", "masked")
+OBJECTIVES = ("mdlm", "sedd")
+GRAPHS = ("absorb", "uniform")
 METHODS = ("antithetic", "stratified", "quadrature")
 T_MIN = 1e-9  # times are clamped to [T_MIN, 1 - T_MIN]: sigma(0) = 0 and sigma(1) may be inf
 
@@ -120,6 +122,7 @@ class LikelihoodBound:
 @dataclasses.dataclass(frozen=True)
 class _Setup:
     objective: str
+    graph: str
     schedule: NoiseSchedule
     vocab_size: int
     mask_id: int | None
@@ -135,9 +138,18 @@ def _positive_int(name: str, value: int, minimum: int = 1) -> int:
     return value
 
 
-def _check_model(objective: str, schedule: NoiseSchedule, vocab_size: int) -> int:
+def _check_objective(objective: str, graph: str) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    if objective == "mdlm" and graph != "absorb":
+        raise ValueError("objective 'mdlm' (masked diffusion) is defined on graph='absorb'")
+
+
+def _check_model(graph: str, schedule: NoiseSchedule, vocab_size: int) -> int:
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(
             f"schedule must be a fastdiff.schedules.NoiseSchedule, got {type(schedule).__name__}"
@@ -145,21 +157,23 @@ def _check_model(objective: str, schedule: NoiseSchedule, vocab_size: int) -> in
     return _positive_int("vocab_size", vocab_size, 2)
 
 
-def _setup(objective, schedule, vocab_size, mask_id, num_t, method, noise_draws, power) -> _Setup:
-    vocab = _check_model(objective, schedule, vocab_size)
+def _setup(
+    objective, graph, schedule, vocab_size, mask_id, num_t, method, noise_draws, power
+) -> _Setup:
+    _check_objective(objective, graph)
+    vocab = _check_model(graph, schedule, vocab_size)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not power >= 1.0:
         raise ValueError(f"time_power must be a number >= 1, got {power!r}")
-    if objective == "uniform":
+    if graph == "uniform":
         if mask_id is not None:
             raise ValueError("the uniform graph has no mask token: pass mask_id=None")
     elif isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < vocab:
-        raise ValueError(
-            f"objective {objective!r} needs a mask_id in [0, {vocab}), got {mask_id!r}"
-        )
+        raise ValueError(f"graph {graph!r} needs a mask_id in [0, {vocab}), got {mask_id!r}")
     return _Setup(
         objective,
+        graph,
         schedule,
         vocab,
         mask_id,
@@ -182,13 +196,13 @@ def gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
     return (x + 1.0) / 2.0, vectors[0].square()
 
 
-def prior_nats_per_token(objective: str, schedule: NoiseSchedule, vocab_size: int) -> float:
-    """``KL(q_1(.|x0_i) || pi)`` per token (module docstring), from ``a = exp(-sigma(1))``
-    computed in float64; the same for every clean token."""
-    v = _check_model(objective, schedule, vocab_size)
+def prior_nats_per_token(*, graph: str, schedule: NoiseSchedule, vocab_size: int) -> float:
+    """``KL(q_1(.|x0_i) || pi)`` per token (module docstring) of the ``graph``'s noising, from
+    ``a = exp(-sigma(1))`` computed in float64; the same for every clean token."""
+    v = _check_model(graph, schedule, vocab_size)
     sigma1 = float(schedule.sigma(torch.tensor(1.0, dtype=torch.float64)))
     a = math.exp(-sigma1)
-    if objective != "uniform":
+    if graph != "uniform":
         return a * math.log(v - 1)
     p0 = a + (1.0 - a) / v
     rest = (v - 1) / v * -math.expm1(-sigma1)  # 1 - p0 without cancellation
@@ -263,16 +277,16 @@ def _estimate(
     next unused noise offset."""
     batch, length = x0.shape
     t_all, weights = _times(setup, batch, gen)
-    graph = "uniform" if setup.objective == "uniform" else "absorb"
+    graph = setup.graph
     total = torch.zeros(batch, dtype=torch.float64, device=x0.device)
     for k in range(setup.num_t):
         t = t_all[:, k].to(x0.device)
         sigma, dsigma = setup.schedule(t)
-        factor = setup.schedule.loss_weight(t) if setup.objective == "masked" else dsigma
+        factor = setup.schedule.loss_weight(t) if setup.objective == "mdlm" else dsigma
         for _ in range(setup.noise_draws):
-            x_t = corrupt(
+            x_t = add_noise(
                 x0,
-                sigma,
+                sigma=sigma,
                 graph=graph,
                 vocab_size=setup.vocab_size,
                 mask_id=setup.mask_id,
@@ -281,14 +295,25 @@ def _estimate(
             )
             offset += 1
             out = _model_output(denoiser, x_t, sigma.float(), setup.vocab_size)
-            if setup.objective == "masked":
-                loss = masked_diffusion_loss(out, x_t, x0, mask_id=setup.mask_id, weight=factor)
+            if setup.objective == "mdlm":
+                loss = masked_diffusion_loss(
+                    out, x_t, x0, mask_id=setup.mask_id, weight=factor, reduction="none"
+                )
             else:
                 loss = score_entropy(
-                    out, x_t, x0, sigma, graph=graph, mask_id=setup.mask_id, weight=factor
+                    out,
+                    x_t,
+                    x0,
+                    sigma=sigma,
+                    graph=graph,
+                    mask_id=setup.mask_id,
+                    weight=factor,
+                    reduction="none",
                 )
             total += loss.double().sum(-1) * weights[:, k].to(x0.device) / setup.noise_draws
-    prior = length * prior_nats_per_token(setup.objective, setup.schedule, setup.vocab_size)
+    prior = length * prior_nats_per_token(
+        graph=graph, schedule=setup.schedule, vocab_size=setup.vocab_size
+    )
     return total + prior, offset
 
 
@@ -297,6 +322,7 @@ def nelbo(
     x0: Tensor,
     *,
     objective: str,
+    graph: str = "absorb",
     schedule: NoiseSchedule,
     vocab_size: int,
     mask_id: int | None = None,
@@ -310,12 +336,13 @@ def nelbo(
     """Estimate of the negative ELBO of each sequence, in nats (module docstring).
 
     Args:
-        denoiser: ``(x_t [B, L], sigma [B]) -> [B, L, V]`` log-scores (``"absorb"``,
-            ``"uniform"``) or logits over ``x0`` (``"masked"``).
+        denoiser: ``(x_t [B, L], sigma [B]) -> [B, L, V]`` log-scores (``"sedd"``) or logits
+            over ``x0`` (``"mdlm"``).
         x0: clean tokens ``[B, L]`` (never the mask).
-        objective: ``"absorb"``, ``"uniform"`` or ``"masked"`` (MDLM SUBS).
+        objective: ``"mdlm"`` (masked diffusion, MDLM SUBS) or ``"sedd"`` (score entropy).
+        graph: ``"absorb"`` (default; the only graph of ``"mdlm"``) or ``"uniform"``.
         schedule: a :class:`fastdiff.schedules.NoiseSchedule` (``LogLinear``, ...).
-        vocab_size: ``V``, the mask included; mask_id: required except for ``"uniform"``.
+        vocab_size: ``V``, the mask included; mask_id: required except on ``"uniform"``.
         num_t: times per sequence; method: ``"antithetic"``, ``"stratified"`` or
             ``"quadrature"``; noise_draws: draws of ``x_t`` per time.
         time_power: ``p`` of the change of variable ``t = u^p`` (module docstring).
@@ -325,7 +352,9 @@ def nelbo(
     Returns the float64 estimate ``[B]`` on the denoiser's device; its expectation is the
     bound of each sequence (``"quadrature"``: up to the rule's error).
     """
-    setup = _setup(objective, schedule, vocab_size, mask_id, num_t, method, noise_draws, time_power)
+    setup = _setup(
+        objective, graph, schedule, vocab_size, mask_id, num_t, method, noise_draws, time_power
+    )
     x0 = _check_x0(x0, setup)
     key = _key(seed, generator)
     with torch.inference_mode():
@@ -339,6 +368,7 @@ def perplexity_bound(
     batches: Iterable[Tensor],
     *,
     objective: str,
+    graph: str = "absorb",
     schedule: NoiseSchedule,
     vocab_size: int,
     mask_id: int | None = None,
@@ -359,7 +389,9 @@ def perplexity_bound(
     ``sqrt(sum_b var_b) / tokens`` with ``var_b`` the sample variance of sequence ``b``'s
     repeats divided by ``repeats`` (sequences are randomized independently).
     """
-    setup = _setup(objective, schedule, vocab_size, mask_id, num_t, method, noise_draws, time_power)
+    setup = _setup(
+        objective, graph, schedule, vocab_size, mask_id, num_t, method, noise_draws, time_power
+    )
     _positive_int("repeats", repeats, 2)
     key = _key(seed, generator)
     gen = torch.Generator().manual_seed(key)
@@ -385,7 +417,9 @@ def perplexity_bound(
         bits_per_token=per_token / math.log(2.0),
         perplexity=math.exp(per_token) if per_token < 709.0 else math.inf,
         stderr_nats_per_token=math.sqrt(var) / tokens,
-        prior_nats_per_token=prior_nats_per_token(objective, schedule, vocab_size),
+        prior_nats_per_token=prior_nats_per_token(
+            graph=graph, schedule=schedule, vocab_size=vocab_size
+        ),
         num_tokens=tokens,
         num_sequences=sequences,
     )

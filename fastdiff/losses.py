@@ -85,15 +85,15 @@ def _graph_loss(
     graph = checks.graph(graph)
     reduction = checks.reduction(reduction)
     x_t = checks.tokens("x_t", x_t)
-    vocab = checks.scores("log_score", log_score, x_t)
+    vocab = checks.scores("model_output", log_score, x_t)
     x0 = checks.tokens("x0", x0, x_t.shape)
-    device = checks.same_device(log_score=log_score, x_t=x_t, x0=x0)
+    device = checks.same_device(model_output=log_score, x_t=x_t, x0=x0)
     batch_shape = x_t.shape
     ignore = checks.bool_mask("ignore", ignore, batch_shape)
     m = _check_token_pair(
         x_t, x0, vocab, checks.mask_id(mask_id, vocab) if graph == "absorb" else None
     )
-    checks.finite("log_score", log_score, allow_neg_inf=True)
+    checks.finite("model_output", log_score, allow_neg_inf=True)
     dtype = ref.compute_dtype(log_score.dtype)
     sig = checks.per_position(
         "sigma", sigma, batch_shape, device=device, dtype=dtype, positive=True
@@ -107,76 +107,77 @@ def _graph_loss(
 
 
 def score_entropy(
-    log_score: torch.Tensor,
+    model_output: torch.Tensor,
     x_t: torch.Tensor,
     x0: torch.Tensor,
-    sigma: float | torch.Tensor,
     *,
+    sigma: float | torch.Tensor,
     graph: str,
     mask_id: int | None = None,
     weight: float | torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
-    reduction: str = "none",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Denoising score entropy of SEDD (ops.md 3a), per position.
 
     Args:
-        log_score: raw log-scores ``s`` ``[*B, V]`` (the model output); the entry at ``x_t``
+        model_output: raw log-scores ``s`` ``[*B, V]``; the entry at ``x_t``
             is ignored (the ratio of a state to itself is 1).
         x_t: noised tokens ``[*B]``; x0: clean tokens ``[*B]``.
         sigma: total noise, a number or a tensor whose shape is a prefix of ``B``; > 0.
         graph: ``"absorb"`` (needs ``mask_id``, any column) or ``"uniform"``.
         weight: optional per-position factor (the training objective uses ``dsigma``).
         ignore: optional bool ``[*B]`` (or prefix): positions excluded (padding).
-        reduction: ``"none"`` (``[*B]``), ``"sum"``, or ``"mean"`` over non-ignored positions.
+        reduction: ``"mean"`` (default) over non-ignored positions, ``"sum"``, or ``"none"``
+            (``[*B]``).
 
     Absorbing graph, rows with ``x_t = m`` (others give 0), ``r = 1/expm1(sigma)``::
 
         loss = sum_{j != m} e^{s_j} - r s_{x0} + r (log r - 1)
 
     Uniform graph: see :func:`fastdiff.reference.losses.score_entropy_uniform`.
-    The loss is >= 0, exactly 0 at the true ratios, and differentiable in ``log_score``.
+    The loss is >= 0, exactly 0 at the true ratios, and differentiable in ``model_output``.
 
     Precision: fp16 / bf16 inputs are computed in fp32 and the loss is fp32. The gradient has
     the input's dtype; in fp16 it overflows where ``|weight (S_j - r)|`` passes 65504 (absorbing
     graph at sigma below about 1.5e-5), so train in bf16 or fp32 when sigma gets that small.
     """
     return _graph_loss(
-        "score_entropy", log_score, x_t, x0, sigma, graph, mask_id, weight, ignore, reduction
+        "score_entropy", model_output, x_t, x0, sigma, graph, mask_id, weight, ignore, reduction
     )
 
 
 def masked_diffusion_loss(
-    logits: torch.Tensor,
+    model_output: torch.Tensor,
     x_t: torch.Tensor,
     x0: torch.Tensor,
     *,
     mask_id: int,
     weight: float | torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
-    reduction: str = "none",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Masked-diffusion cross entropy (MDLM SUBS / LLaDA, ops.md 3b), per position.
 
-    ``logp = log_softmax(logits with column m set to -inf)``; masked rows (``x_t = m``) give
+    ``logp = log_softmax(model_output with column m set to -inf)``; masked rows (``x_t = m``) give
     ``-weight * logp[x0]``, the others 0. ``weight`` is ``dsigma / expm1(sigma)`` in continuous
     time (:meth:`fastdiff.schedules.NoiseSchedule.loss_weight`) or ``1 / p_mask`` (LLaDA).
 
-    Shapes: ``logits [*B, V]``, ``x_t``, ``x0`` ``[*B]``; ``weight`` a number or a prefix of
-    ``B``; ``ignore`` bool; ``reduction`` as in :func:`score_entropy`. The gradient is
-    ``weight (softmax - onehot(x0))``, 0 in column ``m``.
+    Shapes: ``model_output [*B, V]`` (logits), ``x_t``, ``x0`` ``[*B]``; ``weight`` a number
+    or a prefix of ``B``; ``ignore`` bool; ``reduction`` as in :func:`score_entropy`. The
+    gradient is ``weight (softmax - onehot(x0))``, 0 in column ``m``.
     """
     reduction = checks.reduction(reduction)
     x_t = checks.tokens("x_t", x_t)
-    vocab = checks.scores("logits", logits, x_t)
+    vocab = checks.scores("model_output", model_output, x_t)
     x0 = checks.tokens("x0", x0, x_t.shape)
-    device = checks.same_device(logits=logits, x_t=x_t, x0=x0)
+    device = checks.same_device(model_output=model_output, x_t=x_t, x0=x0)
     ignore = checks.bool_mask("ignore", ignore, x_t.shape)
     m = _check_token_pair(x_t, x0, vocab, checks.mask_id(mask_id, vocab))
-    checks.finite("logits", logits, allow_neg_inf=True)
-    w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(logits.dtype))
+    checks.finite("model_output", model_output, allow_neg_inf=True)
+    w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(model_output.dtype))
     impl = backend.resolve("masked_diffusion_loss", ref.masked_diffusion_loss, device)
-    loss = impl(logits.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), m, w)
+    loss = impl(model_output.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), m, w)
     return _reduce(loss, x_t.shape, ignore, reduction)
 
 
@@ -235,14 +236,14 @@ def linear_score_entropy(
     projection: torch.Tensor,
     x_t: torch.Tensor,
     x0: torch.Tensor,
-    sigma: float | torch.Tensor,
     *,
+    sigma: float | torch.Tensor,
     bias: torch.Tensor | None = None,
     graph: str,
     mask_id: int | None = None,
     weight: float | torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
-    reduction: str = "sum",
+    reduction: str = "mean",
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Score entropy of the logits ``hidden W^T + b`` without materializing them.
@@ -297,7 +298,7 @@ def linear_masked_diffusion_loss(
     bias: torch.Tensor | None = None,
     weight: float | torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
-    reduction: str = "sum",
+    reduction: str = "mean",
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Masked-diffusion cross entropy of ``hidden W^T + b`` without materializing the logits;
@@ -326,15 +327,17 @@ def linear_masked_diffusion_loss(
     return _scalar_reduce(total, x_t.shape, ignore, reduction)
 
 
-def scale_by_sigma(logits: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+def scale_by_sigma(model_output: torch.Tensor, *, sigma: float | torch.Tensor) -> torch.Tensor:
     """SEDD's absorbing "scale by sigma" parameterization (a model-side helper, ops.md 3a):
     ``s = logits - log(expm1(sigma)) - log(V - 1)``.
 
-    ``logits [*B, V]``; ``sigma`` a number or a tensor whose shape is a prefix of ``B`` (> 0).
-    Returns log-scores of the logits' dtype (computed in fp32 / fp64), so that a model
-    outputting zeros starts at the ratio ``1 / ((V - 1) expm1(sigma))`` of a uniform guess.
+    ``model_output [*B, V]`` (the network's raw logits); ``sigma`` a number or a tensor whose
+    shape is a prefix of ``B`` (> 0). Returns log-scores of the logits' dtype (computed in
+    fp32 / fp64), so that a model outputting zeros starts at the ratio
+    ``1 / ((V - 1) expm1(sigma))`` of a uniform guess.
     """
-    checks.floating("logits", logits, min_dim=1)
+    logits = model_output
+    checks.floating("model_output", logits, min_dim=1)
     vocab = logits.shape[-1]
     checks.vocab_size(vocab, minimum=2)
     dtype = ref.compute_dtype(logits.dtype)
@@ -346,22 +349,22 @@ def scale_by_sigma(logits: torch.Tensor, sigma: float | torch.Tensor) -> torch.T
 
 
 def concrete_score_matching(
-    log_score: torch.Tensor,
+    model_output: torch.Tensor,
     x_t: torch.Tensor,
     x0: torch.Tensor,
-    sigma: float | torch.Tensor,
     *,
+    sigma: float | torch.Tensor,
     graph: str,
     mask_id: int | None = None,
     weight: float | torch.Tensor | None = None,
     ignore: torch.Tensor | None = None,
-    reduction: str = "none",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Denoising concrete score matching (the L_CSM of SEDD), per position: an alternative
     objective to :func:`score_entropy` with the same arguments and conventions.
 
     ``1/2 sum_y w_y (S_y - a_y)^2`` over the neighbours ``y`` that move into ``x_t`` at rate
-    ``w_y``, with ``S = exp(log_score)`` the predicted ratios and ``a_y = q(y | x0) /
+    ``w_y``, with ``S = exp(model_output)`` the predicted ratios and ``a_y = q(y | x0) /
     q(x_t | x0)`` the ratios of the noising kernel given ``x0``. Its expectation over ``x0``
     differs from the squared error against the true ratios ``p_t(y) / p_t(x_t)`` by a
     constant, so both have the same minimizer; the loss is 0 at ``S = a``.
@@ -379,7 +382,7 @@ def concrete_score_matching(
     """
     return _graph_loss(
         "concrete_score_matching",
-        log_score,
+        model_output,
         x_t,
         x0,
         sigma,

@@ -9,10 +9,10 @@ from fastdiff import random as frandom
 from fastdiff.reference import noising as ref
 
 
-def corrupt(
+def add_noise(
     x0: torch.Tensor,
-    sigma: float | torch.Tensor,
     *,
+    sigma: float | torch.Tensor,
     graph: str,
     vocab_size: int,
     mask_id: int | None = None,
@@ -73,7 +73,7 @@ def check_transition(name: str, q: torch.Tensor, atol: float = 1e-5) -> int:
     return q.shape[-1]
 
 
-def corrupt_dense(
+def add_noise_dense(
     x0: torch.Tensor,
     transition: torch.Tensor,
     *,

@@ -15,7 +15,7 @@ from fastdiff.updates import unmask_candidates
 
 
 def unmask_quota(
-    x: torch.Tensor,
+    x_t: torch.Tensor,
     *,
     mask_id: int,
     steps: int,
@@ -32,9 +32,9 @@ def unmask_quota(
         raise TypeError(f"mask_id must be an int, got {type(mask_id).__name__}")
     if mask_id < 0:
         raise ValueError(f"mask_id must be >= 0, got {mask_id}")
-    x = checks.tokens("x", x)
+    x = checks.tokens("x_t", x_t)
     if x.dim() != 2:
-        raise ValueError(f"x must have shape [batch, length], got {tuple(x.shape)}")
+        raise ValueError(f"x_t must have shape [batch, length], got {tuple(x.shape)}")
     fixed = checks.bool_mask("fixed", fixed, x.shape)
     masked = x == mask_id
     if fixed is not None:
@@ -53,11 +53,11 @@ def _ranks(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sorted_conf, ranks
 
 
-def restrict_to_block(confidence: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Semi-autoregressive blocks: keep only the leftmost block (of ``block_size`` positions)
+def restrict_to_block(confidence: torch.Tensor, block_length: int) -> torch.Tensor:
+    """Semi-autoregressive blocks: keep only the leftmost block (of ``block_length`` positions)
     that still has an eligible position; the rest becomes ``-inf``."""
     length = confidence.shape[-1]
-    block = torch.arange(length, device=confidence.device) // block_size
+    block = torch.arange(length, device=confidence.device) // block_length
     eligible = confidence > -torch.inf
     big = torch.full_like(block, length)
     active = torch.where(eligible, block.expand_as(confidence), big).amin(-1, keepdim=True)
@@ -70,7 +70,7 @@ def select_commits(
     k: int | torch.Tensor | None = None,
     threshold: float | None = None,
     factor: float | None = None,
-    block_size: int | None = None,
+    block_length: int | None = None,
 ) -> torch.Tensor:
     """Which positions to unmask this step: bool ``[B, L]``. Exactly one rule:
 
@@ -80,7 +80,7 @@ def select_commits(
     - ``factor`` ``f``: with confidences sorted ``c_(1) >= c_(2) >= ...``, the largest ``n`` with
       ``c_(n) >= 1 - f / (n + 1)``, at least 1.
 
-    ``block_size`` first restricts eligibility to the active semi-autoregressive block.
+    ``block_length`` first restricts eligibility to the active semi-autoregressive block.
     Sequences with no eligible position commit nothing.
     """
     checks.floating("confidence", confidence)
@@ -94,10 +94,10 @@ def select_commits(
         raise ValueError("confidence contains NaN (use -inf for positions that may not commit)")
     # with value checks off, NaN is treated as not eligible rather than sorting first
     confidence = torch.where(torch.isnan(confidence), -torch.inf, confidence)
-    if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
-        confidence = restrict_to_block(confidence, block_size)
+    if block_length is not None:
+        if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+            raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
+        confidence = restrict_to_block(confidence, block_length)
     eligible = confidence > -torch.inf
     sorted_conf, ranks = _ranks(confidence)
     if k is not None:
@@ -125,14 +125,14 @@ def select_commits(
 
 
 def confidence_unmask_step(
-    logits: torch.Tensor,
-    x: torch.Tensor,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
     *,
     mask_id: int,
     k: int | torch.Tensor | None = None,
     threshold: float | None = None,
     factor: float | None = None,
-    block_size: int | None = None,
+    block_length: int | None = None,
     temperature: float = 0.0,
     confidence: str = "prob",
     fixed: torch.Tensor | None = None,
@@ -140,12 +140,13 @@ def confidence_unmask_step(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """One confidence-unmasking step on ``x [B, L]`` with ``logits [B, L, V]``: propose with
+    """One confidence-unmasking step on ``x_t [B, L]`` with the logits ``model_output
+    [B, L, V]``: propose with
     :func:`fastdiff.updates.unmask_candidates`, choose with :func:`select_commits`, and write
     the committed proposals. Returns the new tokens ``[B, L]``."""
     xhat, conf = unmask_candidates(
-        logits,
-        x,
+        model_output,
+        x_t,
         mask_id=mask_id,
         temperature=temperature,
         confidence=confidence,
@@ -154,5 +155,7 @@ def confidence_unmask_step(
         seed=seed,
         offset=offset,
     )
-    commit = select_commits(conf, k=k, threshold=threshold, factor=factor, block_size=block_size)
-    return torch.where(commit, xhat, x.long())
+    commit = select_commits(
+        conf, k=k, threshold=threshold, factor=factor, block_length=block_length
+    )
+    return torch.where(commit, xhat, x_t.long())

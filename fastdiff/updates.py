@@ -1,7 +1,7 @@
 """Public reverse (sampling) updates of discrete diffusion: SEDD Euler / analytic / final
 denoise for both graphs, MDLM ancestral, and the proposal half of confidence unmasking.
 
-Every update takes the model output ``[*B, V]`` for all positions and tokens ``x [*B]`` and
+Every update takes the model output ``[*B, V]`` for all positions and tokens ``x_t [*B]`` and
 returns the new tokens (int64, ``[*B]``). Per-position scalars are numbers or tensors whose
 shape is a prefix of ``B``. ``fixed`` (bool, prefix of ``B``) marks positions that never
 change (prompt, infilling context, padding). Randomness: ``generator`` / ``seed`` / ``offset``
@@ -50,13 +50,13 @@ def _prepare(
     generator: torch.Generator | None,
     seed: int | torch.Tensor | None,
 ) -> _Step:
-    x = checks.tokens("x", x)
+    x = checks.tokens("x_t", x)
     vocab = checks.scores(name, scores, x)
     checks.vocab_size(vocab, minimum=2)
     fixed = checks.bool_mask("fixed", fixed, x.shape)
-    device = checks.same_device(**{name: scores, "x": x, "fixed": fixed})
+    device = checks.same_device(**{name: scores, "x_t": x, "fixed": fixed})
     m = checks.mask_id(mask_id, vocab, required=graph != "uniform")
-    checks.token_range("x", x, vocab)
+    checks.token_range("x_t", x, vocab)
     checks.finite(name, scores, allow_neg_inf=True)
     return _Step(
         scores=scores.reshape(-1, vocab),
@@ -84,13 +84,14 @@ def _check_masked_rows_have_a_token(st: _Step) -> None:
         keep[st.mask_id] = False
         if bool(torch.isneginf(rows[:, keep]).all(-1).any()):
             raise ValueError(
-                "logits has a masked row whose non-mask logits are all -inf (no token possible)"
+                "model_output has a masked row whose non-mask logits are all -inf "
+                "(no token possible)"
             )
 
 
 def sedd_euler_step(
-    log_score: torch.Tensor,
-    x: torch.Tensor,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
     *,
     dsigma: float | torch.Tensor,
     dt: float | torch.Tensor,
@@ -101,22 +102,23 @@ def sedd_euler_step(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """SEDD Euler step (ops.md 4a) with ``S = exp(log_score)`` (entry at ``x`` ignored).
+    """SEDD Euler step (ops.md 4a) with ``S = exp(model_output)`` (the log score; entry at
+    ``x_t`` ignored).
 
     absorbing (masked rows): weight ``dt dsigma S_j`` for ``j != m``, stay weight
     ``max(0, 1 - dt dsigma sum_{j != m} S_j)``; uniform: ``dt dsigma S_j / V`` for ``j != x``
     and stay ``max(0, 1 - dt dsigma sum_{j != x} S_j / V)``.
     """
     graph = checks.graph(graph)
-    st = _prepare("log_score", log_score, x, fixed, graph, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed)
     rate = st.scalar("dsigma", dsigma, nonnegative=True) * st.scalar("dt", dt, nonnegative=True)
     impl = backend.resolve("sedd_euler", ref.sedd_euler, st.device)
     return st.done(impl(st.scores, st.x, rate, st.fixed, st.seed, offset, graph, st.mask_id))
 
 
 def sedd_analytic_step(
-    log_score: torch.Tensor,
-    x: torch.Tensor,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
     *,
     sigma: float | torch.Tensor,
     sigma_next: float | torch.Tensor,
@@ -135,7 +137,7 @@ def sedd_analytic_step(
     ``p = stag(S, D) * T(x, D)`` (ops.md 4b), negative entries clamped at 0.
     """
     graph = checks.graph(graph)
-    st = _prepare("log_score", log_score, x, fixed, graph, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed)
     hi = st.scalar("sigma", sigma, nonnegative=True)
     lo = st.scalar("sigma_next", sigma_next, nonnegative=True)
     if checks.value_checks_enabled() and bool((lo > hi).any()):
@@ -145,8 +147,8 @@ def sedd_analytic_step(
 
 
 def sedd_denoise_step(
-    log_score: torch.Tensor,
-    x: torch.Tensor,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
     *,
     sigma: float | torch.Tensor,
     graph: str,
@@ -160,35 +162,37 @@ def sedd_denoise_step(
     ``p_j ∝ S_j`` over ``j != m`` (the mask is dropped, so none stays masked); uniform rows
     draw from the analytic product with ``D = sigma``."""
     graph = checks.graph(graph)
-    st = _prepare("log_score", log_score, x, fixed, graph, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed)
     sig = st.scalar("sigma", sigma, nonnegative=True)
     impl = backend.resolve("sedd_denoise", ref.sedd_denoise, st.device)
     return st.done(impl(st.scores, st.x, sig, st.fixed, st.seed, offset, graph, st.mask_id))
 
 
 def mdlm_step(
-    logits: torch.Tensor,
-    x: torch.Tensor,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
     *,
-    sigma_t: float | torch.Tensor,
-    sigma_s: float | torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor,
     mask_id: int,
     fixed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """MDLM ancestral (SUBS) step from time ``t`` to ``s < t`` (ops.md 4c).
+    """MDLM ancestral (SUBS) step from noise level ``sigma`` (time ``t``) down to
+    ``sigma_next`` (time ``s < t``) (ops.md 4c).
 
     Masked rows draw from ``q_j = p_j (mc_t - mc_s)`` (j != m), ``q_m = mc_s`` with
-    ``p = softmax(logits, m excluded)`` and ``mc = 1 - e^-sigma``; unmasked rows are carried
-    over. ``sigma_s = 0`` (the last step) unmasks every row.
+    ``p = softmax(model_output, m excluded)``, ``mc_t = 1 - e^-sigma`` and
+    ``mc_s = 1 - e^-sigma_next``; unmasked rows are carried over. ``sigma_next = 0`` (the last
+    step) unmasks every row.
     """
-    st = _prepare("logits", logits, x, fixed, None, mask_id, generator, seed)
-    s_t = st.scalar("sigma_t", sigma_t, nonnegative=True)
-    s_s = st.scalar("sigma_s", sigma_s, nonnegative=True)
+    st = _prepare("model_output", model_output, x_t, fixed, None, mask_id, generator, seed)
+    s_t = st.scalar("sigma", sigma, nonnegative=True)
+    s_s = st.scalar("sigma_next", sigma_next, nonnegative=True)
     if checks.value_checks_enabled() and bool((s_s >= s_t).any()):
-        raise ValueError("sigma_s must be < sigma_t (s is the earlier, less noisy time)")
+        raise ValueError("sigma_next must be < sigma (the reverse process lowers the noise)")
     _check_masked_rows_have_a_token(st)
     impl = backend.resolve("mdlm_ancestral", ref.mdlm_ancestral, st.device)
     return st.done(impl(st.scores, st.x, s_t, s_s, st.fixed, st.seed, offset, st.mask_id))
@@ -198,8 +202,8 @@ CONFIDENCES = ("prob", "margin", "entropy")
 
 
 def unmask_candidates(
-    logits: torch.Tensor,
-    x: torch.Tensor,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
     *,
     mask_id: int,
     temperature: float = 0.0,
@@ -211,16 +215,16 @@ def unmask_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Proposals and confidences for confidence-based unmasking (ops.md 4d).
 
-    For each masked, non-fixed position: ``p = softmax(logits, m excluded)``; the proposal is
+    For each masked, non-fixed position: ``p = softmax(model_output, m excluded)``; the proposal is
     ``argmax p`` (``temperature = 0``) or a Gumbel draw at that temperature; the confidence is
     ``p(xhat)``, the margin ``p1 - p2``, or the negative entropy ``sum p log p``.
-    Returns ``(xhat [*B] int64, confidence [*B] float32)``; other positions get ``x`` and
+    Returns ``(xhat [*B] int64, confidence [*B] float32)``; other positions get ``x_t`` and
     ``-inf``. Pass the confidence to :func:`fastdiff.unmasking.select_commits`.
     """
     if confidence not in CONFIDENCES:
         raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
     temperature = checks.temperature(temperature)
-    st = _prepare("logits", logits, x, fixed, None, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, None, mask_id, generator, seed)
     _check_masked_rows_have_a_token(st)
     impl = backend.resolve("unmask_candidates", ref.unmask_candidates, st.device)
     xhat, conf = impl(

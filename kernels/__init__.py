@@ -21,15 +21,26 @@ updates (``sedd_euler``, ``sedd_analytic``, ``sedd_denoise``, ``mdlm_ancestral``
 :mod:`~fastdiff.kernels.fused_loss`).
 """
 
-from fastdiff.kernels import (  # noqa: F401  (importing registers the kernels)
-    categorical,
-    concrete_score,
-    confidence,
-    fused_linear,
-    fused_loss,
-    gaussian,
-    gaussian_round,
-    gaussian_steps,
-    noising,
-    updates,
-)
+import sys
+
+if __name__ == "kernels":
+    # Imported as a top-level ``kernels`` because a checkout's root is on sys.path (a REPL or
+    # ``python -c`` started there): that name belongs to the Hugging Face ``kernels``
+    # distribution that transformers imports. Step aside for it (or fail as if this folder
+    # were not there).
+    from fastdiff._shadowed import import_shadowed
+
+    sys.modules[__name__] = import_shadowed(__name__, __file__)
+else:
+    from fastdiff.kernels import (  # noqa: F401  (importing registers the kernels)
+        categorical,
+        concrete_score,
+        confidence,
+        fused_linear,
+        fused_loss,
+        gaussian,
+        gaussian_round,
+        gaussian_steps,
+        noising,
+        updates,
+    )

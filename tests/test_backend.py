@@ -113,10 +113,10 @@ def test_public_ops_follow_the_backend_choice(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x0 = torch.tensor([1, 2, 3])
     with fastdiff.use_backend("triton"):
-        out = fastdiff.corrupt(x0, 5.0, graph="absorb", vocab_size=5, mask_id=4, seed=0)
+        out = fastdiff.add_noise(x0, sigma=5.0, graph="absorb", vocab_size=5, mask_id=4, seed=0)
     assert calls == ["absorb"] and torch.equal(out, x0)
     with fastdiff.use_backend("reference"):
-        out = fastdiff.corrupt(x0, 50.0, graph="absorb", vocab_size=5, mask_id=4, seed=0)
+        out = fastdiff.add_noise(x0, sigma=50.0, graph="absorb", vocab_size=5, mask_id=4, seed=0)
     assert calls == ["absorb"] and torch.equal(out, torch.full_like(x0, 4))
 
 
@@ -132,7 +132,9 @@ def test_import_is_light_and_works_without_triton():
         "backend._loaded.clear()\n"
         "assert not backend.triton_available()\n"
         "import torch\n"
-        "x = fastdiff.corrupt(torch.tensor([0, 1]), 1.0, graph='uniform', vocab_size=3, seed=1)\n"
+        "x = fastdiff.add_noise(\n"
+        "    torch.tensor([0, 1]), sigma=1.0, graph='uniform', vocab_size=3, seed=1\n"
+        ")\n"
         "print(backend.resolve('score_entropy_absorb', print, torch.device('cuda')) is print)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in (backend.ENV_VAR, "TRITON_INTERPRET")}

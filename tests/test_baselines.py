@@ -52,7 +52,10 @@ def test_score_entropy_absorb_matches_fastdiff_fp64():
         lambda t: baselines.sedd_score_entropy_absorb(t, x_t, x0, sigma, m), s
     )
     want, want_g = _loss_and_grad(
-        lambda t: fastdiff.score_entropy(t, x_t, x0, sigma, graph="absorb", mask_id=m), s
+        lambda t: fastdiff.score_entropy(
+            t, x_t, x0, sigma=sigma, graph="absorb", mask_id=m, reduction="none"
+        ),
+        s,
     )
     assert (x_t == m).any() and (x_t != m).any()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -82,7 +85,10 @@ def test_score_entropy_uniform_matches_fastdiff_at_moderate_sigma(dtype):
         lambda t: baselines.sedd_score_entropy_uniform(t, x_t, x0, sigma), s
     )
     want, want_g = _loss_and_grad(
-        lambda t: fastdiff.score_entropy(t, x_t, x0, sigma, graph="uniform"), s
+        lambda t: fastdiff.score_entropy(
+            t, x_t, x0, sigma=sigma, graph="uniform", reduction="none"
+        ),
+        s,
     )
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
@@ -98,8 +104,10 @@ def test_score_entropy_uniform_baseline_breaks_at_small_sigma_in_fp32():
     x_t[:4] = x0[:4]  # both branches: unmoved rows and moved ones
     x_t[4:] = (x0[4:] + 1) % v
     base = baselines.sedd_score_entropy_uniform(s, x_t, x0, sigma)
-    ours = fastdiff.score_entropy(s, x_t, x0, sigma, graph="uniform")
-    exact = fastdiff.score_entropy(s.double(), x_t, x0, sigma.double(), graph="uniform")
+    ours = fastdiff.score_entropy(s, x_t, x0, sigma=sigma, graph="uniform", reduction="none")
+    exact = fastdiff.score_entropy(
+        s.double(), x_t, x0, sigma=sigma.double(), graph="uniform", reduction="none"
+    )
     torch.testing.assert_close(ours.double(), exact, rtol=1e-4, atol=1e-4)
     moved_err = (base[4:].double() - exact[4:]).abs() / exact[4:].abs()
     assert not torch.isfinite(base).all() or bool((moved_err > 0.5).all())
@@ -107,7 +115,9 @@ def test_score_entropy_uniform_baseline_breaks_at_small_sigma_in_fp32():
     # relative at this V: ratio = 3.4e-5 is computed as 1 - 0.99997)
     sigma1 = torch.ones(n)
     base1 = baselines.sedd_score_entropy_uniform(s, x_t, x0, sigma1)
-    exact1 = fastdiff.score_entropy(s.double(), x_t, x0, sigma1.double(), graph="uniform")
+    exact1 = fastdiff.score_entropy(
+        s.double(), x_t, x0, sigma=sigma1.double(), graph="uniform", reduction="none"
+    )
     torch.testing.assert_close(base1.double(), exact1, rtol=1e-2, atol=1e-3)
 
 
@@ -123,7 +133,10 @@ def test_mdlm_loss_matches_masked_diffusion_loss_times_weight_fp64():
     weight = dsigma / torch.expm1(sigma)
     got, got_g = _loss_and_grad(lambda t: baselines.mdlm_loss(t, x_t, x0, sigma, dsigma, m), logits)
     want, want_g = _loss_and_grad(
-        lambda t: fastdiff.masked_diffusion_loss(t, x_t, x0, mask_id=m, weight=weight), logits
+        lambda t: fastdiff.masked_diffusion_loss(
+            t, x_t, x0, mask_id=m, weight=weight, reduction="none"
+        ),
+        logits,
     )
     # MDLM's mask column gets -1e6, not -inf: exp(-1e6 - max) is exactly 0 in fp64 here
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -273,7 +286,7 @@ def test_mdlm_step_same_distribution_as_fastdiff():
     x[:10] = 2  # unmasked rows are carried over
     st, ss = torch.full((DRAWS,), 1.2), torch.full((DRAWS,), 0.5)
     base = baselines.mdlm_step(logits, x, st, ss, m)
-    ours = fastdiff.mdlm_step(logits, x, sigma_t=st, sigma_s=ss, mask_id=m, seed=1)
+    ours = fastdiff.mdlm_step(logits, x, sigma=st, sigma_next=ss, mask_id=m, seed=1)
     assert (base[:10] == 2).all() and (ours[:10] == 2).all()
     q = baselines.mdlm_step_probs(logits[:1].double(), x[10:11], st[:1].double(), ss[:1].double(),
                                   m)[0]  # fmt: skip
@@ -323,7 +336,7 @@ def test_d3pm_step_same_distribution_as_fastdiff():
     x_t = torch.full((DRAWS,), 4)
     torch.manual_seed(0)
     base = baselines.d3pm_step(logits.float(), x_t, q_step.float(), qbar_prev.float())
-    ours = fastdiff.d3pm_step(logits, x_t, q_step=q_step, qbar_prev=qbar_prev, seed=1)
+    ours = fastdiff.d3pm_step(logits, x_t, q_step=q_step, qbar_next=qbar_prev, seed=1)
     p = q_step[:, 4] * (torch.softmax(logits[0], -1) @ qbar_prev)
     p = p / p.sum()
     assert _tv(_freqs(base, v), p) < 0.02
@@ -337,7 +350,7 @@ def test_corrupt_same_masking_rate_as_fastdiff():
     sigma = torch.full((n,), 0.7)
     torch.manual_seed(0)
     base = baselines.sedd_corrupt_absorb(x0, sigma, m)
-    ours = fastdiff.corrupt(x0, sigma, graph="absorb", vocab_size=v, mask_id=m, seed=2)
+    ours = fastdiff.add_noise(x0, sigma=sigma, graph="absorb", vocab_size=v, mask_id=m, seed=2)
     rate = -math.expm1(-0.7)
     for out in (base, ours):
         assert torch.equal(out[out != m], x0[out != m])

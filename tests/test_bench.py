@@ -282,18 +282,20 @@ def test_diffusionlm_gaussian_baselines():
     ids = torch.randint(0, v, (n,), generator=g)
     emb = torch.randn(v, h, generator=g, dtype=D)
     got = baselines.diffusionlm_q_sample(ids, emb, abar, noise)
-    want = fastdiff.q_sample(ids, abar, noise=noise, embedding=emb)
+    want = fastdiff.add_noise_gaussian(ids, alpha_bar=abar, noise=noise, embedding=emb)
     for a, b in zip(got, want):
         close(a, b)
     abar_prev[:4] = 1.0  # the last step: no noise
     close(
         baselines.diffusionlm_ddpm_step(eps, x_t, abar, abar_prev, noise),
-        fastdiff.ddpm_step(eps, x_t, abar=abar, abar_prev=abar_prev, noise=noise),
+        fastdiff.ddpm_step(eps, x_t, alpha_bar=abar, alpha_bar_next=abar_prev, noise=noise),
     )
     for eta in (0.0, 0.5, 1.0):
         close(
             baselines.diffusionlm_ddim_step(eps, x_t, abar, abar_prev, eta, noise),
-            fastdiff.ddim_step(eps, x_t, abar=abar, abar_prev=abar_prev, eta=eta, noise=noise),
+            fastdiff.ddim_step(
+                eps, x_t, alpha_bar=abar, alpha_bar_next=abar_prev, eta=eta, noise=noise
+            ),
         )
     x = emb[ids] + 0.1 * torch.randn(n, h, generator=g, dtype=D)
     tokens, rows = baselines.diffusionlm_round(x, emb)
@@ -314,12 +316,14 @@ def test_linear_baselines_are_projection_then_loss():
     sigma, dsigma = d["sigma"].double(), d["dsigma"].double()
     torch.testing.assert_close(
         baselines.sedd_linear_score_entropy_absorb(hidden, proj, x_t, x0, sigma, m),
-        fastdiff.linear_score_entropy(hidden, proj, x_t, x0, sigma, graph="absorb", mask_id=m),
+        fastdiff.linear_score_entropy(
+            hidden, proj, x_t, x0, sigma=sigma, graph="absorb", mask_id=m, reduction="sum"
+        ),
     )
     torch.testing.assert_close(
         baselines.mdlm_linear_loss(hidden, proj, x_t, x0, sigma, dsigma, m),
         fastdiff.linear_masked_diffusion_loss(
-            hidden, proj, x_t, x0, mask_id=m, weight=dsigma / torch.expm1(sigma)
+            hidden, proj, x_t, x0, mask_id=m, weight=dsigma / torch.expm1(sigma), reduction="sum"
         ),
     )
 

@@ -43,7 +43,10 @@ def poison_outputs(monkeypatch):
 
 def _csm(s, x_t, x0, sigma, graph, mask_id=None, **kw):
     with fastdiff.use_backend("reference"):
-        return concrete_score_matching(s, x_t, x0, sigma, graph=graph, mask_id=mask_id, **kw)
+        kw.setdefault("reduction", "none")
+        return concrete_score_matching(
+            s, x_t, x0, sigma=sigma, graph=graph, mask_id=mask_id, **{"reduction": "none", **kw}
+        )
 
 
 def test_reference_matches_hand_derived_values():
@@ -264,7 +267,7 @@ def test_public_function_on_triton_backend(graph, reduction):
     scores = torch.randn(batch, length, vocab, generator=gen) - 2.0
     x0 = torch.randint(0, vocab, (batch, length), generator=gen)
     x0[x0 == mask_id] = 0
-    x_t = fastdiff.corrupt(x0, 1.0, graph=graph, vocab_size=vocab, mask_id=mask_id, seed=4)
+    x_t = fastdiff.add_noise(x0, sigma=1.0, graph=graph, vocab_size=vocab, mask_id=mask_id, seed=4)
     ignore = torch.zeros(batch, length, dtype=torch.bool)
     ignore[1, 3:] = True
     kw = dict(
@@ -276,7 +279,9 @@ def test_public_function_on_triton_backend(graph, reduction):
         s = scores.clone().to(DEVICE).requires_grad_(True)
         with fastdiff.use_backend(name):
             sigma = torch.tensor([0.3, 2.0], device=DEVICE)
-            loss = concrete_score_matching(s, x_t.to(DEVICE), x0.to(DEVICE), sigma, **kw)
+            loss = concrete_score_matching(
+                s, x_t.to(DEVICE), x0.to(DEVICE), sigma=sigma, **{"reduction": "none", **kw}
+            )
         loss.sum().backward()
         outs[name] = (loss.detach().cpu(), s.grad.cpu())
     torch.testing.assert_close(outs["triton"][0], outs["reference"][0], rtol=1e-5, atol=1e-5)
@@ -309,17 +314,23 @@ def test_bad_input_raises_before_the_kernel():
     x_t = torch.full((2, 3), 4)
     with fastdiff.use_backend("triton"):
         with pytest.raises(ValueError, match="mask token"):
-            concrete_score_matching(s, x_t, x0 + 4, 1.0, graph="absorb", mask_id=4)
+            concrete_score_matching(
+                s, x_t, x0 + 4, sigma=1.0, graph="absorb", mask_id=4, reduction="none"
+            )
         with pytest.raises(ValueError, match="NaN"):
-            concrete_score_matching(s.clone().fill_(math.nan), x_t, x0, 1.0, graph="uniform")
+            concrete_score_matching(
+                s.clone().fill_(math.nan), x_t, x0, sigma=1.0, graph="uniform", reduction="none"
+            )
         with pytest.raises(ValueError, match="sigma must be > 0"):
-            concrete_score_matching(s, x_t, x0, 0.0, graph="absorb", mask_id=4)
+            concrete_score_matching(
+                s, x_t, x0, sigma=0.0, graph="absorb", mask_id=4, reduction="none"
+            )
         with pytest.raises(ValueError, match="outside"):
-            concrete_score_matching(s, x_t + 1, x0, 1.0, graph="uniform")
+            concrete_score_matching(s, x_t + 1, x0, sigma=1.0, graph="uniform", reduction="none")
         with pytest.raises(ValueError, match="shape"):
-            concrete_score_matching(s[:, :2], x_t, x0, 1.0, graph="uniform")
+            concrete_score_matching(s[:, :2], x_t, x0, sigma=1.0, graph="uniform", reduction="none")
         with pytest.raises(ValueError, match="mask_id is required"):
-            concrete_score_matching(s, x_t, x0, 1.0, graph="absorb")
+            concrete_score_matching(s, x_t, x0, sigma=1.0, graph="absorb", reduction="none")
 
 
 @pytest.mark.parametrize(

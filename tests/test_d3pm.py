@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fastdiff import checks, transitions
 from fastdiff.d3pm import d3pm_hybrid_loss, d3pm_posterior, d3pm_posterior_logits, d3pm_step
-from fastdiff.noising import corrupt_dense
+from fastdiff.noising import add_noise_dense
 from fastdiff.transitions import (
     TransitionSchedule,
     absorbing_transition,
@@ -306,7 +306,7 @@ def test_transition_validation(make, error, match) -> None:
 def test_posterior_matches_brute_force_bayes(kind, vocab, t, seed) -> None:
     s = schedule(kind, vocab, steps=6, mask_id=vocab - 1)
     x0, x_t = possible_pair(s, t, torch.Generator().manual_seed(seed), 6)
-    post = d3pm_posterior(x0, x_t, s.step(t), s.qbar_prev(t))
+    post = d3pm_posterior(x0, x_t, q_step=s.step(t), qbar_next=s.qbar_prev(t))
     assert post.dtype == F64 and post.shape == (6, vocab)
     qbar_prev, q_t, qbar_t = s.qbar_prev(t), s.step(t), s.cumulative(t)
     for n in range(6):
@@ -322,8 +322,10 @@ def test_posterior_matches_brute_force_bayes(kind, vocab, t, seed) -> None:
 def test_posterior_logits_at_exact_x0_equal_true_posterior(kind: str, t: int) -> None:
     s = schedule(kind, vocab=5, mask_id=2)
     x0, x_t = possible_pair(s, t, torch.Generator().manual_seed(t), 40)
-    logits = d3pm_posterior_logits(one_hot_logits(x0, 5), x_t, s.step(t), s.qbar_prev(t))
-    truth = d3pm_posterior(x0, x_t, s.step(t), s.qbar_prev(t))
+    logits = d3pm_posterior_logits(
+        one_hot_logits(x0, 5), x_t, q_step=s.step(t), qbar_next=s.qbar_prev(t)
+    )
+    truth = d3pm_posterior(x0, x_t, q_step=s.step(t), qbar_next=s.qbar_prev(t))
     torch.testing.assert_close(torch.softmax(logits, -1), truth, rtol=1e-12, atol=1e-15)
 
 
@@ -333,7 +335,7 @@ def test_posterior_logits_brute_force(kind: str) -> None:
     s, t, v = schedule(kind, vocab=4, mask_id=0), 3, 4
     x0_logits = torch.randn(2, 3, v, generator=gen, dtype=F64) * 2
     x_t = torch.randint(0, v, (2, 3), generator=gen)
-    out = d3pm_posterior_logits(x0_logits, x_t, s.step(t), s.qbar_prev(t))
+    out = d3pm_posterior_logits(x0_logits, x_t, q_step=s.step(t), qbar_next=s.qbar_prev(t))
     assert out.shape == (2, 3, v) and out.dtype == F64
     q_t, qbar = s.step(t), s.qbar_prev(t)
     for b in range(2):
@@ -357,7 +359,7 @@ def test_posterior_logits_neg_inf_where_factor_is_zero(mask_id: int) -> None:
     s = schedule("absorbing", vocab=v, mask_id=mask_id)
     x0_logits = torch.randn(v, v, dtype=F64)
     x_t = torch.arange(v)
-    out = d3pm_posterior_logits(x0_logits, x_t, s.step(4), s.qbar_prev(4))
+    out = d3pm_posterior_logits(x0_logits, x_t, q_step=s.step(4), qbar_next=s.qbar_prev(4))
     for i in range(v):
         if i == mask_id:
             # every x_{t-1} can lead to the mask: all finite
@@ -370,7 +372,7 @@ def test_posterior_logits_neg_inf_where_factor_is_zero(mask_id: int) -> None:
     # Qbar_{t-1} = I at t = 1 with a one-hot x0: the mixture vanishes off x0
     x0 = torch.tensor([1 if mask_id != 1 else 2])
     lg = d3pm_posterior_logits(
-        one_hot_logits(x0, v), torch.tensor([mask_id]), s.step(1), s.qbar_prev(1)
+        one_hot_logits(x0, v), torch.tensor([mask_id]), q_step=s.step(1), qbar_next=s.qbar_prev(1)
     )
     assert int(torch.isfinite(lg).sum()) == 1 and bool(torch.isfinite(lg[0, x0[0]]))
 
@@ -381,8 +383,10 @@ def test_posterior_logits_low_precision_inputs(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(1)
     x0_logits = torch.randn(10, 6, generator=gen).to(dtype)
     x_t = torch.randint(0, 6, (10,), generator=gen)
-    low = d3pm_posterior_logits(x0_logits, x_t, s.step(5).float(), s.qbar_prev(5).float())
-    ref = d3pm_posterior_logits(x0_logits.double(), x_t, s.step(5), s.qbar_prev(5))
+    low = d3pm_posterior_logits(
+        x0_logits, x_t, q_step=s.step(5).float(), qbar_next=s.qbar_prev(5).float()
+    )
+    ref = d3pm_posterior_logits(x0_logits.double(), x_t, q_step=s.step(5), qbar_next=s.qbar_prev(5))
     assert low.dtype == F32
     torch.testing.assert_close(low.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -397,18 +401,24 @@ def test_per_sequence_matrices() -> None:
     x_t = x0.clone()
     x_t[:, ::2] = 1  # half masked: x_t is x0 or the mask, both possible at every t
     q, qb = s.step(ts), s.qbar_prev(ts)
-    batched = d3pm_posterior_logits(x0_logits, x_t, q, qb)
-    batched_post = d3pm_posterior(x0, x_t, q, qb)
-    mixed = d3pm_posterior_logits(x0_logits, x_t, q, s.qbar_prev(4))  # one 3-D, one 2-D
+    batched = d3pm_posterior_logits(x0_logits, x_t, q_step=q, qbar_next=qb)
+    batched_post = d3pm_posterior(x0, x_t, q_step=q, qbar_next=qb)
+    mixed = d3pm_posterior_logits(
+        x0_logits, x_t, q_step=q, qbar_next=s.qbar_prev(4)
+    )  # one 3-D, one 2-D
     # batched and single matrix products may take different BLAS kernels (summation order):
     # a few float64 ulps, nothing a wrong matrix could give
     ulps = {"rtol": 8 * torch.finfo(F64).eps, "atol": 0.0}
     for i, t in enumerate(ts.tolist()):
-        one = d3pm_posterior_logits(x0_logits[i], x_t[i], s.step(t), s.qbar_prev(t))
+        one = d3pm_posterior_logits(
+            x0_logits[i], x_t[i], q_step=s.step(t), qbar_next=s.qbar_prev(t)
+        )
         torch.testing.assert_close(batched[i], one, **ulps)
-        post = d3pm_posterior(x0[i], x_t[i], s.step(t), s.qbar_prev(t))
+        post = d3pm_posterior(x0[i], x_t[i], q_step=s.step(t), qbar_next=s.qbar_prev(t))
         torch.testing.assert_close(batched_post[i], post, rtol=0, atol=0)
-        half = d3pm_posterior_logits(x0_logits[i], x_t[i], s.step(t), s.qbar_prev(4))
+        half = d3pm_posterior_logits(
+            x0_logits[i], x_t[i], q_step=s.step(t), qbar_next=s.qbar_prev(4)
+        )
         torch.testing.assert_close(mixed[i], half, **ulps)
 
 
@@ -416,7 +426,9 @@ def test_posterior_of_impossible_pair_raises() -> None:
     s = schedule("absorbing", vocab=5, mask_id=2)
     # an unmasked x_t different from x0 cannot happen
     with pytest.raises(ValueError, match="impossible"):
-        d3pm_posterior(torch.tensor([0]), torch.tensor([3]), s.step(3), s.qbar_prev(3))
+        d3pm_posterior(
+            torch.tensor([0]), torch.tensor([3]), q_step=s.step(3), qbar_next=s.qbar_prev(3)
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,9 +465,10 @@ def test_kl_is_zero_at_exact_x0(kind: str) -> None:
             x_t,
             x0,
             q_step=s.step(t),
-            qbar_prev=s.qbar_prev(t),
+            qbar_next=s.qbar_prev(t),
             t_is_one=False,
             hybrid_lambda=0.0,
+            reduction="none",
         )
         assert loss.dtype == F64 and loss.shape == (50,)
         assert float(loss.abs().max()) < 1e-10
@@ -478,9 +491,10 @@ def test_kl_is_nonnegative_and_matches_explicit(kind, t, scale, seed) -> None:
         x_t,
         x0,
         q_step=s.step(t),
-        qbar_prev=s.qbar_prev(t),
+        qbar_next=s.qbar_prev(t),
         t_is_one=False,
         hybrid_lambda=0.0,
+        reduction="none",
     )
     assert float(kl.min()) >= -1e-12
     want = explicit_hybrid(x0_logits, x_t, x0, s.step(t), s.qbar_prev(t), [False] * 12, 0.0)
@@ -496,10 +510,14 @@ def test_t_is_one_branch_is_cross_entropy() -> None:
     ce = torch.nn.functional.cross_entropy(
         x0_logits.reshape(-1, 5), x0.reshape(-1), reduction="none"
     )
-    kw = {"q_step": s.step(1), "qbar_prev": s.qbar_prev(1)}
-    only_vb = d3pm_hybrid_loss(x0_logits, x_t, x0, t_is_one=True, hybrid_lambda=0.0, **kw)
+    kw = {"q_step": s.step(1), "qbar_next": s.qbar_prev(1)}
+    only_vb = d3pm_hybrid_loss(
+        x0_logits, x_t, x0, t_is_one=True, hybrid_lambda=0.0, **kw, reduction="none"
+    )
     torch.testing.assert_close(only_vb.reshape(-1), ce, rtol=1e-14, atol=0)
-    hybrid = d3pm_hybrid_loss(x0_logits, x_t, x0, t_is_one=True, hybrid_lambda=0.25, **kw)
+    hybrid = d3pm_hybrid_loss(
+        x0_logits, x_t, x0, t_is_one=True, hybrid_lambda=0.25, **kw, reduction="none"
+    )
     torch.testing.assert_close(hybrid.reshape(-1), 1.25 * ce, rtol=1e-14, atol=0)
     # per-sequence t_is_one with per-sequence matrices (t = 1, 3, 1)
     ts = torch.tensor([1, 3, 1])
@@ -509,9 +527,10 @@ def test_t_is_one_branch_is_cross_entropy() -> None:
         x_t,
         x0,
         q_step=s.step(ts),
-        qbar_prev=s.qbar_prev(ts),
+        qbar_next=s.qbar_prev(ts),
         t_is_one=first,
         hybrid_lambda=0.01,
+        reduction="none",
     )
     for i, t in enumerate(ts.tolist()):
         want = explicit_hybrid(
@@ -535,10 +554,11 @@ def test_hybrid_gradcheck() -> None:
             x_t,
             x0,
             q_step=s.step(ts),
-            qbar_prev=s.qbar_prev(ts),
+            qbar_next=s.qbar_prev(ts),
             t_is_one=ts == 1,
             hybrid_lambda=0.1,
             weight=weight,
+            reduction="none",
         )
 
     assert torch.autograd.gradcheck(f, (x0_logits,), eps=1e-6, atol=1e-8)
@@ -548,7 +568,7 @@ def test_hybrid_gradcheck() -> None:
 
     def g(z):
         return d3pm_hybrid_loss(
-            z, xt2, x0, q_step=u.step(4), qbar_prev=u.qbar_prev(4), t_is_one=False
+            z, xt2, x0, q_step=u.step(4), qbar_next=u.qbar_prev(4), t_is_one=False, reduction="none"
         )
 
     assert torch.autograd.gradcheck(g, (x0_logits,), eps=1e-6, atol=1e-8, fast_mode=True)
@@ -558,7 +578,9 @@ def test_hybrid_gradient_finite_at_peaked_logits() -> None:
     s = schedule("absorbing", vocab=5, mask_id=4)
     x0, x_t = possible_pair(s, 6, torch.Generator().manual_seed(2), 30)
     z = one_hot_logits(x0, 5).requires_grad_()
-    loss = d3pm_hybrid_loss(z, x_t, x0, q_step=s.step(6), qbar_prev=s.qbar_prev(6), t_is_one=False)
+    loss = d3pm_hybrid_loss(
+        z, x_t, x0, q_step=s.step(6), qbar_next=s.qbar_prev(6), t_is_one=False, reduction="none"
+    )
     loss.sum().backward()
     assert bool(torch.isfinite(z.grad).all())
     # very confident finite logits (gaps of a few hundred): finite, and the KL stays >= 0.
@@ -567,7 +589,7 @@ def test_hybrid_gradient_finite_at_peaked_logits() -> None:
     gen = torch.Generator().manual_seed(12)
     z2 = (torch.randn(30, 5, generator=gen, dtype=F64) * 40).requires_grad_()
     loss2 = d3pm_hybrid_loss(
-        z2, x_t, x0, q_step=s.step(6), qbar_prev=s.qbar_prev(6), t_is_one=False
+        z2, x_t, x0, q_step=s.step(6), qbar_next=s.qbar_prev(6), t_is_one=False, reduction="none"
     )
     loss2.sum().backward()
     assert bool(torch.isfinite(loss2).all()) and float(loss2.detach().min()) >= -1e-9
@@ -580,13 +602,13 @@ def test_hybrid_reductions_weight_ignore() -> None:
     x0, x_t = possible_pair(s, 4, gen, 8)
     x0, x_t = x0.reshape(2, 4), x_t.reshape(2, 4)
     z = torch.randn(2, 4, 5, generator=gen, dtype=F64)
-    kw = {"q_step": s.step(4), "qbar_prev": s.qbar_prev(4), "t_is_one": False}
-    base = d3pm_hybrid_loss(z, x_t, x0, **kw)
+    kw = {"q_step": s.step(4), "qbar_next": s.qbar_prev(4), "t_is_one": False}
+    base = d3pm_hybrid_loss(z, x_t, x0, **kw, reduction="none")
     assert base.shape == (2, 4)
     torch.testing.assert_close(d3pm_hybrid_loss(z, x_t, x0, reduction="sum", **kw), base.sum())
     torch.testing.assert_close(d3pm_hybrid_loss(z, x_t, x0, reduction="mean", **kw), base.mean())
     w = torch.tensor([2.0, 0.5], dtype=F64)
-    weighted = d3pm_hybrid_loss(z, x_t, x0, weight=w, **kw)
+    weighted = d3pm_hybrid_loss(z, x_t, x0, weight=w, **kw, reduction="none")
     torch.testing.assert_close(weighted, base * w[:, None])
     ignore = torch.tensor([[False, True, False, False], [True, True, False, False]])
     kept = d3pm_hybrid_loss(z, x_t, x0, ignore=ignore, reduction="none", **kw)
@@ -601,22 +623,28 @@ def test_hybrid_float32() -> None:
     gen = torch.Generator().manual_seed(4)
     x0, x_t = possible_pair(s, 5, gen, 20)
     z = torch.randn(20, 6, generator=gen)
-    kw = {"q_step": s.step(5), "qbar_prev": s.qbar_prev(5), "t_is_one": False}
-    low = d3pm_hybrid_loss(z, x_t, x0, **kw)
+    kw = {"q_step": s.step(5), "qbar_next": s.qbar_prev(5), "t_is_one": False}
+    low = d3pm_hybrid_loss(z, x_t, x0, **kw, reduction="none")
     assert low.dtype == F32
-    torch.testing.assert_close(low.double(), d3pm_hybrid_loss(z.double(), x_t, x0, **kw))
+    torch.testing.assert_close(
+        low.double(), d3pm_hybrid_loss(z.double(), x_t, x0, **kw, reduction="none")
+    )
 
 
 def test_hybrid_impossible_pair_raises_unless_t_is_one() -> None:
     s = schedule("absorbing", vocab=5, mask_id=2)
     z = torch.randn(1, 5, dtype=F64)
     x0, x_t = torch.tensor([0]), torch.tensor([3])
-    kw = {"q_step": s.step(3), "qbar_prev": s.qbar_prev(3)}
+    kw = {"q_step": s.step(3), "qbar_next": s.qbar_prev(3)}
     with pytest.raises(ValueError, match="impossible"):
-        d3pm_hybrid_loss(z, x_t, x0, t_is_one=False, **kw)
-    out = d3pm_hybrid_loss(z, x_t, x0, t_is_one=True, **kw)  # t = 1: only the CE is needed
+        d3pm_hybrid_loss(z, x_t, x0, t_is_one=False, **kw, reduction="none")
+    out = d3pm_hybrid_loss(
+        z, x_t, x0, t_is_one=True, **kw, reduction="none"
+    )  # t = 1: only the CE is needed
     assert bool(torch.isfinite(out).all())
-    ignored = d3pm_hybrid_loss(z, x_t, x0, t_is_one=False, ignore=torch.tensor([True]), **kw)
+    ignored = d3pm_hybrid_loss(
+        z, x_t, x0, t_is_one=False, ignore=torch.tensor([True]), **kw, reduction="none"
+    )
     assert float(ignored) == 0.0  # an ignored (padding) position is not checked
 
 
@@ -635,10 +663,10 @@ def test_step_frequencies_match_posterior(kind: str) -> None:
     base_xt = torch.tensor([3, 0, 3, 4])
     x0_logits = base_logits.repeat_interleave(reps, 0)
     x_t = base_xt.repeat_interleave(reps)
-    draws = d3pm_step(x0_logits, x_t, q_step=s.step(t), qbar_prev=s.qbar_prev(t), seed=1234)
+    draws = d3pm_step(x0_logits, x_t, q_step=s.step(t), qbar_next=s.qbar_prev(t), seed=1234)
     assert draws.dtype == torch.int64 and draws.shape == (4 * reps,)
     probs = torch.softmax(
-        d3pm_posterior_logits(base_logits, base_xt, s.step(t), s.qbar_prev(t)), -1
+        d3pm_posterior_logits(base_logits, base_xt, q_step=s.step(t), qbar_next=s.qbar_prev(t)), -1
     )
     for g in range(4):
         assert_frequencies(draws[g * reps : (g + 1) * reps], probs[g], f"{kind} group {g}")
@@ -649,7 +677,7 @@ def test_step_seed_generator_and_fixed() -> None:
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(4, 50, 6, generator=gen)
     x_t = torch.randint(0, 6, (4, 50), generator=gen)
-    kw = {"q_step": s.step(6), "qbar_prev": s.qbar_prev(6)}
+    kw = {"q_step": s.step(6), "qbar_next": s.qbar_prev(6)}
     a = d3pm_step(z, x_t, seed=7, **kw)
     assert a.shape == (4, 50)
     assert torch.equal(a, d3pm_step(z, x_t, seed=7, **kw))
@@ -676,15 +704,15 @@ def test_step_batched_matrices_match_shared() -> None:
     gen = torch.Generator().manual_seed(2)
     z = torch.randn(3, 40, 5, generator=gen)
     x_t = torch.randint(0, 5, (3, 40), generator=gen)
-    shared = d3pm_step(z, x_t, q_step=s.step(4), qbar_prev=s.qbar_prev(4), seed=5)
+    shared = d3pm_step(z, x_t, q_step=s.step(4), qbar_next=s.qbar_prev(4), seed=5)
     ts = torch.tensor([4, 4, 4])
-    batched = d3pm_step(z, x_t, q_step=s.step(ts), qbar_prev=s.qbar_prev(ts), seed=5)
+    batched = d3pm_step(z, x_t, q_step=s.step(ts), qbar_next=s.qbar_prev(ts), seed=5)
     assert torch.equal(shared, batched)
     # different matrices per sequence: sequence 1 at t = 1 with an exact x0 returns x0 there
     x0 = torch.randint(0, 5, (3, 40), generator=gen)
     ts = torch.tensor([4, 1, 4])
     out = d3pm_step(
-        one_hot_logits(x0, 5, F32), x_t, q_step=s.step(ts), qbar_prev=s.qbar_prev(ts), seed=5
+        one_hot_logits(x0, 5, F32), x_t, q_step=s.step(ts), qbar_next=s.qbar_prev(ts), seed=5
     )
     possible = s.step(1)[x0[1], x_t[1]] > 0
     assert torch.equal(out[1][possible], x0[1][possible])
@@ -701,12 +729,12 @@ def test_corrupt_dense_frequencies(kind: str) -> None:
     s = schedule(kind, vocab=v, mask_id=2)
     qbar = s.cumulative(4)
     x0 = torch.arange(v).repeat_interleave(reps)  # 20000 rows
-    x_t = corrupt_dense(x0, qbar, seed=99)
+    x_t = add_noise_dense(x0, qbar, seed=99)
     assert x_t.dtype == torch.int64 and x_t.shape == x0.shape
     for a in range(v):
         assert_frequencies(x_t[a * reps : (a + 1) * reps], qbar[a], f"{kind} x0={a}")
-    assert torch.equal(x_t, corrupt_dense(x0, qbar, seed=99))
-    assert corrupt_dense(x0, qbar.float(), seed=99).shape == x0.shape  # float32 accepted
+    assert torch.equal(x_t, add_noise_dense(x0, qbar, seed=99))
+    assert add_noise_dense(x0, qbar.float(), seed=99).shape == x0.shape  # float32 accepted
 
 
 def test_corrupt_dense_per_sequence_and_fixed() -> None:
@@ -714,14 +742,14 @@ def test_corrupt_dense_per_sequence_and_fixed() -> None:
     s = schedule("absorbing", vocab=v, mask_id=4)
     mats = torch.stack([torch.eye(v, dtype=F64), uniform_transition(v, 1.0), s.cumulative(6)])
     x0 = torch.full((3, length), 1)
-    x_t = corrupt_dense(x0, mats, seed=3)
+    x_t = add_noise_dense(x0, mats, seed=3)
     assert x_t.shape == (3, length)
     assert torch.equal(x_t[0], x0[0])  # identity: nothing moves
     assert_frequencies(x_t[1], torch.full((v,), 1 / v, dtype=F64), "uniform")
     assert_frequencies(x_t[2], s.cumulative(6)[1], "absorbing")
     fixed = torch.zeros(3, length, dtype=torch.bool)
     fixed[:, :100] = True
-    y = corrupt_dense(x0, mats, fixed=fixed, seed=3)
+    y = add_noise_dense(x0, mats, fixed=fixed, seed=3)
     assert torch.equal(y[fixed], x0[fixed])
     assert torch.equal(y[~fixed], x_t[~fixed])
     assert bool((x_t[fixed] != x0[fixed]).any()), "test needs fixed rows that would move"
@@ -745,7 +773,7 @@ def test_corrupt_dense_per_sequence_and_fixed() -> None:
 )
 def test_corrupt_dense_rejects_bad_inputs(matrix, x0, match) -> None:
     with pytest.raises(ValueError, match=match):
-        corrupt_dense(x0, matrix, seed=0)
+        add_noise_dense(x0, matrix, seed=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -761,64 +789,119 @@ _X = torch.zeros(2, 3, dtype=torch.long)
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: d3pm_posterior_logits(_Z, _X.float(), _Q, _QB), TypeError, "integer"),
-        (lambda: d3pm_posterior_logits(_Z.long(), _X, _Q, _QB), TypeError, "float"),
-        (lambda: d3pm_posterior_logits(_Z[:, :2], _X, _Q, _QB), ValueError, "shape"),
-        (lambda: d3pm_posterior_logits(_Z, _X + 4, _Q, _QB), ValueError, "outside"),
+        (
+            lambda: d3pm_posterior_logits(_Z, _X.float(), q_step=_Q, qbar_next=_QB),
+            TypeError,
+            "integer",
+        ),
+        (
+            lambda: d3pm_posterior_logits(_Z.long(), _X, q_step=_Q, qbar_next=_QB),
+            TypeError,
+            "float",
+        ),
+        (
+            lambda: d3pm_posterior_logits(_Z[:, :2], _X, q_step=_Q, qbar_next=_QB),
+            ValueError,
+            "shape",
+        ),
+        (
+            lambda: d3pm_posterior_logits(_Z, _X + 4, q_step=_Q, qbar_next=_QB),
+            ValueError,
+            "outside",
+        ),
         (
             lambda: d3pm_posterior_logits(
-                _Z, _X, _Q[:3, :3] / _Q[:3, :3].sum(-1, keepdim=True), _QB
+                _Z, _X, q_step=_Q[:3, :3] / _Q[:3, :3].sum(-1, keepdim=True), qbar_next=_QB
             ),
             ValueError,
             "vocabulary",
         ),
         (
-            lambda: d3pm_posterior_logits(_Z, _X, _Q, uniform_transition(5, 0.1)),
+            lambda: d3pm_posterior_logits(_Z, _X, q_step=_Q, qbar_next=uniform_transition(5, 0.1)),
             ValueError,
             "vocabulary",
         ),
-        (lambda: d3pm_posterior_logits(_Z, _X, _Q * 2, _QB), ValueError, "sum to 1"),
-        (lambda: d3pm_posterior_logits(_Z, _X, _Q[:2], _QB), ValueError, "shape"),
-        (lambda: d3pm_posterior_logits(_Z, _X, _Q.expand(3, 4, 4), _QB), ValueError, "matrices"),
-        (lambda: d3pm_posterior_logits(_Z[..., :1], _X, _Q, _QB), ValueError, "vocab_size"),
-        (lambda: d3pm_posterior_logits(_Z * float("nan"), _X, _Q, _QB), ValueError, "NaN"),
-        (lambda: d3pm_posterior_logits(_Z - torch.inf, _X, _Q, _QB), ValueError, "all -inf"),
-        (lambda: d3pm_posterior(_X, _X[0], _Q, _QB), ValueError, "shape"),
-        (lambda: d3pm_posterior(_X - 1, _X, _Q, _QB), ValueError, "outside"),
-        (lambda: d3pm_step(_Z, _X, q_step=_Q, qbar_prev=_QB, fixed=_X, seed=0), TypeError, "bool"),
-        (lambda: d3pm_step(_Z, _X, q_step=_Q, qbar_prev=_QB, seed=1.5), TypeError, "seed"),
         (
-            lambda: d3pm_hybrid_loss(_Z, _X, _X[:1], q_step=_Q, qbar_prev=_QB, t_is_one=False),
+            lambda: d3pm_posterior_logits(_Z, _X, q_step=_Q * 2, qbar_next=_QB),
+            ValueError,
+            "sum to 1",
+        ),
+        (lambda: d3pm_posterior_logits(_Z, _X, q_step=_Q[:2], qbar_next=_QB), ValueError, "shape"),
+        (
+            lambda: d3pm_posterior_logits(_Z, _X, q_step=_Q.expand(3, 4, 4), qbar_next=_QB),
+            ValueError,
+            "matrices",
+        ),
+        (
+            lambda: d3pm_posterior_logits(_Z[..., :1], _X, q_step=_Q, qbar_next=_QB),
+            ValueError,
+            "vocab_size",
+        ),
+        (
+            lambda: d3pm_posterior_logits(_Z * float("nan"), _X, q_step=_Q, qbar_next=_QB),
+            ValueError,
+            "NaN",
+        ),
+        (
+            lambda: d3pm_posterior_logits(_Z - torch.inf, _X, q_step=_Q, qbar_next=_QB),
+            ValueError,
+            "all -inf",
+        ),
+        (lambda: d3pm_posterior(_X, _X[0], q_step=_Q, qbar_next=_QB), ValueError, "shape"),
+        (lambda: d3pm_posterior(_X - 1, _X, q_step=_Q, qbar_next=_QB), ValueError, "outside"),
+        (lambda: d3pm_step(_Z, _X, q_step=_Q, qbar_next=_QB, fixed=_X, seed=0), TypeError, "bool"),
+        (lambda: d3pm_step(_Z, _X, q_step=_Q, qbar_next=_QB, seed=1.5), TypeError, "seed"),
+        (
+            lambda: d3pm_hybrid_loss(
+                _Z, _X, _X[:1], q_step=_Q, qbar_next=_QB, t_is_one=False, reduction="none"
+            ),
             ValueError,
             "shape",
         ),
         (
-            lambda: d3pm_hybrid_loss(_Z, _X, _X + 9, q_step=_Q, qbar_prev=_QB, t_is_one=False),
+            lambda: d3pm_hybrid_loss(
+                _Z, _X, _X + 9, q_step=_Q, qbar_next=_QB, t_is_one=False, reduction="none"
+            ),
             ValueError,
             "outside",
         ),
         (
-            lambda: d3pm_hybrid_loss(_Z, _X, _X, q_step=_Q, qbar_prev=_QB, t_is_one=1),
+            lambda: d3pm_hybrid_loss(
+                _Z, _X, _X, q_step=_Q, qbar_next=_QB, t_is_one=1, reduction="none"
+            ),
             TypeError,
             "t_is_one",
         ),
         (
             lambda: d3pm_hybrid_loss(
-                _Z, _X, _X, q_step=_Q, qbar_prev=_QB, t_is_one=torch.ones(3, dtype=torch.bool)
+                _Z,
+                _X,
+                _X,
+                q_step=_Q,
+                qbar_next=_QB,
+                t_is_one=torch.ones(3, dtype=torch.bool),
+                reduction="none",
             ),
             ValueError,
             "shape",
         ),
         (
             lambda: d3pm_hybrid_loss(
-                _Z, _X, _X, q_step=_Q, qbar_prev=_QB, t_is_one=False, hybrid_lambda=-1.0
+                _Z,
+                _X,
+                _X,
+                q_step=_Q,
+                qbar_next=_QB,
+                t_is_one=False,
+                hybrid_lambda=-1.0,
+                reduction="none",
             ),
             ValueError,
             "hybrid_lambda",
         ),
         (
             lambda: d3pm_hybrid_loss(
-                _Z, _X, _X, q_step=_Q, qbar_prev=_QB, t_is_one=False, reduction="avg"
+                _Z, _X, _X, q_step=_Q, qbar_next=_QB, t_is_one=False, reduction="avg"
             ),
             ValueError,
             "reduction",

@@ -17,13 +17,12 @@ from hypothesis import strategies as st
 from fastdiff import backend, checks
 from fastdiff import random as frandom
 from fastdiff.gaussian import (
-    QSample,
+    GaussianNoised,
+    add_noise_gaussian,
     classifier_free_guidance,
     ddim_step,
     ddpm_step,
     gaussian_loss,
-    guided_logits,
-    q_sample,
     round_to_embedding,
 )
 from fastdiff.reference import gaussian as ref
@@ -73,8 +72,8 @@ def expand(value, batch: tuple[int, ...]) -> torch.Tensor:
 def test_q_sample_formula_with_given_noise(case) -> None:
     batch, h, abar, seed = case
     x0, eps = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
-    out = q_sample(x0, abar, noise=eps)
-    assert isinstance(out, QSample)
+    out = add_noise_gaussian(x0, alpha_bar=abar, noise=eps)
+    assert isinstance(out, GaussianNoised)
     a = expand(abar, batch)
     torch.testing.assert_close(out.x_t, a.sqrt() * x0 + (1 - a).sqrt() * eps, **EXACT)
     assert torch.equal(out.noise, eps) and torch.equal(out.x0, x0)
@@ -82,20 +81,20 @@ def test_q_sample_formula_with_given_noise(case) -> None:
 
 def test_q_sample_endpoints() -> None:
     x0, eps = randn(3, 5), randn(3, 5, seed=1)
-    assert torch.equal(q_sample(x0, 1.0, noise=eps).x_t, x0)
-    assert torch.equal(q_sample(x0, 0.0, noise=eps).x_t, eps)
+    assert torch.equal(add_noise_gaussian(x0, alpha_bar=1.0, noise=eps).x_t, x0)
+    assert torch.equal(add_noise_gaussian(x0, alpha_bar=0.0, noise=eps).x_t, eps)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, F32])
 def test_q_sample_low_precision_matches_float64(dtype: torch.dtype) -> None:
     x0, eps = randn(4, 6, 8, dtype=dtype), randn(4, 6, 8, seed=1, dtype=dtype)
     abar = torch.rand(4, generator=gen(2), dtype=F64)
-    out = q_sample(x0, abar, noise=eps)
+    out = add_noise_gaussian(x0, alpha_bar=abar, noise=eps)
     assert out.x_t.dtype == dtype
-    exact = q_sample(x0.double(), abar, noise=eps.double()).x_t
+    exact = add_noise_gaussian(x0.double(), alpha_bar=abar, noise=eps.double()).x_t
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, F32: 1e-6}[dtype]
     torch.testing.assert_close(out.x_t.double(), exact, rtol=tol, atol=tol)
-    drawn = q_sample(x0, abar, seed=3)
+    drawn = add_noise_gaussian(x0, alpha_bar=abar, seed=3)
     assert drawn.x_t.dtype == drawn.noise.dtype == dtype
 
 
@@ -105,10 +104,10 @@ def test_q_sample_embedding_gather(case, vocab: int) -> None:
     batch, h, abar, seed = case
     emb = randn(vocab, h, seed=seed)
     tokens = torch.randint(0, vocab, batch, generator=gen(seed))
-    out = q_sample(tokens, abar, embedding=emb, seed=seed, offset=2)
+    out = add_noise_gaussian(tokens, alpha_bar=abar, embedding=emb, seed=seed, offset=2)
     assert torch.equal(out.x0, emb[tokens])
     # the gather is fused: same result and same noise as noising the gathered rows
-    dense = q_sample(emb[tokens], abar, seed=seed, offset=2)
+    dense = add_noise_gaussian(emb[tokens], alpha_bar=abar, seed=seed, offset=2)
     assert torch.equal(out.x_t, dense.x_t) and torch.equal(out.noise, dense.noise)
     assert out.x_t.dtype == emb.dtype
 
@@ -118,33 +117,38 @@ def test_q_sample_fixed_positions_stay_clean() -> None:
     fixed = torch.zeros(3, 5, dtype=torch.bool)
     fixed[:, :2] = True  # DiffuSeq source side
     fixed[1] = True
-    free = q_sample(x0, torch.tensor([0.2, 0.5, 0.9], dtype=F64), seed=7)
-    out = q_sample(x0, torch.tensor([0.2, 0.5, 0.9], dtype=F64), seed=7, fixed=fixed)
+    free = add_noise_gaussian(x0, alpha_bar=torch.tensor([0.2, 0.5, 0.9], dtype=F64), seed=7)
+    out = add_noise_gaussian(
+        x0, alpha_bar=torch.tensor([0.2, 0.5, 0.9], dtype=F64), seed=7, fixed=fixed
+    )
     assert torch.equal(out.x_t[fixed], x0[fixed])
     assert bool((out.noise[fixed] == 0).all())
     assert torch.equal(out.x_t[~fixed], free.x_t[~fixed])
     assert torch.equal(out.noise[~fixed], free.noise[~fixed])
     assert not torch.equal(free.x_t[fixed], x0[fixed])
     # a per-sequence (prefix) mask
-    seq = q_sample(x0, 0.5, seed=7, fixed=torch.tensor([True, False, True]))
+    seq = add_noise_gaussian(x0, alpha_bar=0.5, seed=7, fixed=torch.tensor([True, False, True]))
     assert torch.equal(seq.x_t[0], x0[0]) and not torch.equal(seq.x_t[1], x0[1])
 
 
 def test_q_sample_seed_reproducibility() -> None:
     x0 = torch.zeros(2, 3, 6, dtype=F64)
-    a = q_sample(x0, 0.0, seed=11).noise
-    assert torch.equal(a, q_sample(x0, 0.0, seed=11).noise)
-    assert not torch.equal(a, q_sample(x0, 0.0, seed=12).noise)
-    assert not torch.equal(a, q_sample(x0, 0.0, seed=11, offset=1).noise)
+    a = add_noise_gaussian(x0, alpha_bar=0.0, seed=11).noise
+    assert torch.equal(a, add_noise_gaussian(x0, alpha_bar=0.0, seed=11).noise)
+    assert not torch.equal(a, add_noise_gaussian(x0, alpha_bar=0.0, seed=12).noise)
+    assert not torch.equal(a, add_noise_gaussian(x0, alpha_bar=0.0, seed=11, offset=1).noise)
     # keyed by (seed, offset, flattened position, feature): independent of the batch shape
-    flat = q_sample(x0.reshape(6, 6), 0.0, seed=11).noise
+    flat = add_noise_gaussian(x0.reshape(6, 6), alpha_bar=0.0, seed=11).noise
     assert torch.equal(a.reshape(6, 6), flat)
     assert torch.equal(flat, frandom.normal(11, 0, torch.arange(6), 6))
     # a tensor seed and a torch.Generator
-    assert torch.equal(a, q_sample(x0, 0.0, seed=torch.tensor(11)).noise)
+    assert torch.equal(a, add_noise_gaussian(x0, alpha_bar=0.0, seed=torch.tensor(11)).noise)
     g1, g2 = gen(5), gen(5)
-    assert torch.equal(q_sample(x0, 0.0, generator=g1).noise, q_sample(x0, 0.0, generator=g2).noise)
-    assert not torch.equal(q_sample(x0, 0.0, generator=g1).noise, a)
+    assert torch.equal(
+        add_noise_gaussian(x0, alpha_bar=0.0, generator=g1).noise,
+        add_noise_gaussian(x0, alpha_bar=0.0, generator=g2).noise,
+    )
+    assert not torch.equal(add_noise_gaussian(x0, alpha_bar=0.0, generator=g1).noise, a)
 
 
 def _ks_statistic(z: torch.Tensor) -> float:
@@ -159,7 +163,9 @@ def _ks_statistic(z: torch.Tensor) -> float:
 def test_generated_noise_is_standard_normal() -> None:
     rows, cols = 500, 200
     n = rows * cols
-    z = q_sample(torch.zeros(rows, cols, dtype=F64), 0.0, seed=2024, offset=3).noise
+    z = add_noise_gaussian(
+        torch.zeros(rows, cols, dtype=F64), alpha_bar=0.0, seed=2024, offset=3
+    ).noise
     # mean: standard error 1/sqrt(n); variance: standard error sqrt(2/n) (normal kurtosis)
     assert abs(float(z.mean())) < 5 / math.sqrt(n)
     assert abs(float(z.var()) - 1.0) < 5 * math.sqrt(2 / n)
@@ -189,15 +195,15 @@ def test_gaussian_loss_hand_computed() -> None:
     pred = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [1.0, -1.0]]], dtype=F64)
     target = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 0.0]]], dtype=F64)
     per = torch.tensor([[5.0, 13.0], [1.0, 2.0]], dtype=F64)
-    assert torch.equal(gaussian_loss(pred, target), per)
+    assert torch.equal(gaussian_loss(pred, target, reduction="none"), per)
     assert float(gaussian_loss(pred, target, reduction="sum")) == 21.0
     assert float(gaussian_loss(pred, target, reduction="mean")) == 21.0 / 4
     w = torch.tensor([2.0, 0.5], dtype=F64)  # per sequence
-    assert torch.equal(gaussian_loss(pred, target, weight=w), per * w[:, None])
-    assert torch.equal(gaussian_loss(pred, target, weight=3.0), 3 * per)
+    assert torch.equal(gaussian_loss(pred, target, weight=w, reduction="none"), per * w[:, None])
+    assert torch.equal(gaussian_loss(pred, target, weight=3.0, reduction="none"), 3 * per)
     ignore = torch.tensor([[False, True], [False, False]])
     assert torch.equal(
-        gaussian_loss(pred, target, ignore=ignore),
+        gaussian_loss(pred, target, ignore=ignore, reduction="none"),
         torch.tensor([[5.0, 0.0], [1.0, 2.0]], dtype=F64),
     )
     # mean over the 3 non-ignored positions
@@ -212,7 +218,7 @@ def test_gaussian_loss_gradient_and_dtype() -> None:
     w = torch.rand(3, 4, generator=gen(2), dtype=F64)
     gaussian_loss(pred, target, weight=w, reduction="sum").backward()
     torch.testing.assert_close(pred.grad, 2 * w[..., None] * (pred - target).detach(), **EXACT)
-    half = gaussian_loss(pred.detach().half(), target.half())
+    half = gaussian_loss(pred.detach().half(), target.half(), reduction="none")
     assert half.dtype == F32 and half.shape == (3, 4)
 
 
@@ -228,24 +234,30 @@ def test_gaussian_loss_gradient_and_dtype() -> None:
     w=st.floats(-1.0, 10.0),
 )
 def test_guidance_formula(seed: int, batch: list[int], w: float) -> None:
+    """diffusers' convention: ``uncond + s (cond - uncond)`` with ``s = guidance_scale = 1 + w``
+    (Ho & Salimans' ``(1 + w) cond - w uncond``)."""
     c, u = randn(*batch, 5, seed=seed), randn(*batch, 5, seed=seed + 1)
-    assert torch.equal(classifier_free_guidance(c, u, 0.0), c)  # scale 0: exactly cond
+    assert torch.equal(classifier_free_guidance(c, u, guidance_scale=1.0), c)  # s = 1: cond
+    torch.testing.assert_close(classifier_free_guidance(c, u, guidance_scale=0.0), u, **EXACT)
+    s = 1.0 + w
     expected = (1 + w) * c - w * u
-    torch.testing.assert_close(classifier_free_guidance(c, u, w), expected, **EXACT)
-    torch.testing.assert_close(guided_logits(c, u, w), u + (w + 1) * (c - u), **EXACT)
+    torch.testing.assert_close(classifier_free_guidance(c, u, guidance_scale=s), expected, **EXACT)
+    torch.testing.assert_close(
+        classifier_free_guidance(c, u, guidance_scale=s), u + s * (c - u), **EXACT
+    )
     if batch:  # per-sequence scale
-        ws = torch.linspace(0, 3, batch[0], dtype=F64)
-        got = classifier_free_guidance(c, u, ws)
-        wcol = ws.reshape(-1, *([1] * len(batch)))
-        torch.testing.assert_close(got, (1 + wcol) * c - wcol * u, **EXACT)
+        ss = torch.linspace(1, 4, batch[0], dtype=F64)
+        got = classifier_free_guidance(c, u, guidance_scale=ss)
+        scol = ss.reshape(-1, *([1] * len(batch)))
+        torch.testing.assert_close(got, u + scol * (c - u), **EXACT)
 
 
 def test_guided_logits_keep_excluded_columns_and_dtype() -> None:
     c, u = randn(2, 6), randn(2, 6, seed=1)
     c[:, 3] = u[:, 3] = -torch.inf  # a mask column excluded in both
-    out = guided_logits(c, u, 2.0)
+    out = classifier_free_guidance(c, u, guidance_scale=2.0)
     assert bool(torch.isneginf(out[:, 3]).all()) and bool(torch.isfinite(out[:, :3]).all())
-    half = classifier_free_guidance(c.half(), u.half(), 1.5)
+    half = classifier_free_guidance(c.half(), u.half(), guidance_scale=1.5)
     assert half.dtype == torch.float16
 
 
@@ -286,15 +298,23 @@ def _posterior(abar, abar_prev, batch):
 def test_ddpm_true_eps_gives_posterior_mean(case) -> None:
     batch, h, abar, abar_prev, seed = case
     x0, eps = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
-    x_t = q_sample(x0, abar, noise=eps).x_t
+    x_t = add_noise_gaussian(x0, alpha_bar=abar, noise=eps).x_t
     a, ap, alpha, beta = _posterior(abar, abar_prev, batch)
     mu = ap.sqrt() * beta / (1 - a) * x0 + alpha.sqrt() * (1 - ap) / (1 - a) * x_t
     zeros = torch.zeros_like(x0)
     for variance in ("posterior", "beta"):
-        out = ddpm_step(eps, x_t, abar=abar, abar_prev=abar_prev, variance=variance, noise=zeros)
+        out = ddpm_step(
+            eps, x_t, alpha_bar=abar, alpha_bar_next=abar_prev, variance=variance, noise=zeros
+        )
         torch.testing.assert_close(out, mu, **EXACT)
         out0 = ddpm_step(
-            x0, x_t, abar=abar, abar_prev=abar_prev, prediction="x0", variance=variance, noise=zeros
+            x0,
+            x_t,
+            alpha_bar=abar,
+            alpha_bar_next=abar_prev,
+            prediction="x0",
+            variance=variance,
+            noise=zeros,
         )
         torch.testing.assert_close(out0, mu, **EXACT)
 
@@ -306,7 +326,7 @@ def test_ddpm_x0_prediction_equals_eps_prediction_and_noise_scale(case, variance
     x_t, eps_hat = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
     a, ap, _, beta = _posterior(abar, abar_prev, batch)
     x0_hat = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
-    kw = dict(abar=abar, abar_prev=abar_prev, variance=variance, seed=seed, offset=1)
+    kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, variance=variance, seed=seed, offset=1)
     by_eps = ddpm_step(eps_hat, x_t, **kw)
     by_x0 = ddpm_step(x0_hat, x_t, prediction="x0", **kw)
     torch.testing.assert_close(by_x0, by_eps, **EXACT)
@@ -322,7 +342,7 @@ def test_ddpm_x0_prediction_equals_eps_prediction_and_noise_scale(case, variance
 def test_ddpm_last_step_adds_no_noise() -> None:
     x_t, out = randn(4, 3), randn(4, 3, seed=1)
     for variance in ("beta", "posterior"):
-        kw = dict(abar=0.97, abar_prev=1.0, variance=variance)
+        kw = dict(alpha_bar=0.97, alpha_bar_next=1.0, variance=variance)
         a = ddpm_step(out, x_t, seed=1, **kw)
         assert torch.equal(a, ddpm_step(out, x_t, seed=2, **kw))
         assert torch.equal(a, ddpm_step(out, x_t, noise=randn(4, 3, seed=9), **kw))
@@ -330,8 +350,8 @@ def test_ddpm_last_step_adds_no_noise() -> None:
         torch.testing.assert_close(ddpm_step(out, x_t, prediction="x0", seed=1, **kw), out, **EXACT)
     # an earlier step does add noise
     assert not torch.equal(
-        ddpm_step(out, x_t, abar=0.5, abar_prev=0.6, seed=1),
-        ddpm_step(out, x_t, abar=0.5, abar_prev=0.6, seed=2),
+        ddpm_step(out, x_t, alpha_bar=0.5, alpha_bar_next=0.6, seed=1),
+        ddpm_step(out, x_t, alpha_bar=0.5, alpha_bar_next=0.6, seed=2),
     )
 
 
@@ -339,7 +359,7 @@ def test_ddpm_noise_scale_matches_gaussian_schedule() -> None:
     sched = GaussianSchedule.linear(40)
     x_t, eps = randn(40, 2), randn(40, 2, seed=1)
     ones, zeros = torch.ones(40, 2, dtype=F64), torch.zeros(40, 2, dtype=F64)
-    kw = dict(abar=sched.alphas_cumprod, abar_prev=sched.alphas_cumprod_prev)
+    kw = dict(alpha_bar=sched.alphas_cumprod, alpha_bar_next=sched.alphas_cumprod_prev)
     for variance, table in (("beta", sched.betas), ("posterior", sched.posterior_variance)):
         std = (
             ddpm_step(eps, x_t, variance=variance, noise=ones, **kw)
@@ -353,13 +373,13 @@ def test_ddpm_noise_scale_matches_gaussian_schedule() -> None:
 def test_ddpm_fixed_positions_guidance_and_dtype() -> None:
     x_t, c, u = randn(2, 5, 4), randn(2, 5, 4, seed=1), randn(2, 5, 4, seed=2)
     fixed = torch.tensor([[True, True, False, False, False], [True, False, False, False, True]])
-    kw = dict(abar=0.3, abar_prev=0.4, seed=3)
+    kw = dict(alpha_bar=0.3, alpha_bar_next=0.4, seed=3)
     out = ddpm_step(c, x_t, fixed=fixed, **kw)
     assert torch.equal(out[fixed], x_t[fixed])
     assert torch.equal(out[~fixed], ddpm_step(c, x_t, **kw)[~fixed])
-    guided = ddpm_step(c, x_t, model_output_uncond=u, guidance_scale=2.5, **kw)
+    guided = ddpm_step(c, x_t, model_output_uncond=u, guidance_scale=3.5, **kw)
     torch.testing.assert_close(guided, ddpm_step(3.5 * c - 2.5 * u, x_t, **kw), **EXACT)
-    zero = ddpm_step(c, x_t, model_output_uncond=u, guidance_scale=0.0, **kw)
+    zero = ddpm_step(c, x_t, model_output_uncond=u, guidance_scale=1.0, **kw)
     assert torch.equal(zero, ddpm_step(c, x_t, **kw))
     half = ddpm_step(c.bfloat16(), x_t.half(), **kw)
     assert half.dtype == torch.float16
@@ -381,10 +401,10 @@ def test_ddpm_fixed_positions_guidance_and_dtype() -> None:
 def test_ddim_eta0_with_true_noise_is_exact(case) -> None:
     batch, h, abar, abar_prev, seed = case
     x0, eps = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
-    x_t = q_sample(x0, abar, noise=eps).x_t
+    x_t = add_noise_gaussian(x0, alpha_bar=abar, noise=eps).x_t
     ap = expand(abar_prev, batch)
     expected = ap.sqrt() * x0 + (1 - ap).sqrt() * eps
-    kw = dict(abar=abar, abar_prev=abar_prev, seed=seed)
+    kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, seed=seed)
     torch.testing.assert_close(ddim_step(eps, x_t, **kw), expected, **EXACT)
     torch.testing.assert_close(ddim_step(x0, x_t, prediction="x0", **kw), expected, **EXACT)
     # deterministic: eta = 0 ignores the noise
@@ -394,11 +414,13 @@ def test_ddim_eta0_with_true_noise_is_exact(case) -> None:
 def test_ddim_to_clean_returns_x0() -> None:
     x0, eps = randn(3, 4, 5), randn(3, 4, 5, seed=1)
     abar = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
-    x_t = q_sample(x0, abar, noise=eps).x_t
+    x_t = add_noise_gaussian(x0, alpha_bar=abar, noise=eps).x_t
     for eta in (0.0, 1.0):
-        got = ddim_step(eps, x_t, abar=abar, abar_prev=1.0, eta=eta, seed=4)
+        got = ddim_step(eps, x_t, alpha_bar=abar, alpha_bar_next=1.0, eta=eta, seed=4)
         torch.testing.assert_close(got, x0, **EXACT)
-        got = ddim_step(x0, x_t, abar=abar, abar_prev=1.0, eta=eta, prediction="x0", seed=4)
+        got = ddim_step(
+            x0, x_t, alpha_bar=abar, alpha_bar_next=1.0, eta=eta, prediction="x0", seed=4
+        )
         assert torch.equal(got, x0)
 
 
@@ -407,7 +429,7 @@ def test_ddim_to_clean_returns_x0() -> None:
 def test_ddim_eta1_is_the_ddpm_posterior_step(case, prediction: str) -> None:
     batch, h, abar, abar_prev, seed = case
     x_t, out = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
-    kw = dict(abar=abar, abar_prev=abar_prev, prediction=prediction, seed=seed, offset=5)
+    kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, prediction=prediction, seed=seed, offset=5)
     ddim = ddim_step(out, x_t, eta=1.0, **kw)
     ddpm = ddpm_step(out, x_t, variance="posterior", **kw)
     torch.testing.assert_close(ddim, ddpm, **EXACT)
@@ -425,7 +447,7 @@ def test_ddim_eta1_is_the_ddpm_posterior_step(case, prediction: str) -> None:
 def test_ddim_eta_scaling_fixed_and_guidance() -> None:
     x_t, c, u = randn(2, 3, 4), randn(2, 3, 4, seed=1), randn(2, 3, 4, seed=2)
     ones, zeros = torch.ones_like(x_t), torch.zeros_like(x_t)
-    kw = dict(abar=0.3, abar_prev=0.6)
+    kw = dict(alpha_bar=0.3, alpha_bar_next=0.6)
     s1 = ddim_step(c, x_t, eta=1.0, noise=ones, **kw) - ddim_step(
         c, x_t, eta=1.0, noise=zeros, **kw
     )
@@ -437,7 +459,7 @@ def test_ddim_eta_scaling_fixed_and_guidance() -> None:
     fixed = torch.tensor([[False, True, False], [True, False, False]])
     out = ddim_step(c, x_t, eta=1.0, seed=1, fixed=fixed, **kw)
     assert torch.equal(out[fixed], x_t[fixed])
-    g = ddim_step(c, x_t, model_output_uncond=u, guidance_scale=torch.tensor([1.0, 2.0]), **kw)
+    g = ddim_step(c, x_t, model_output_uncond=u, guidance_scale=torch.tensor([2.0, 3.0]), **kw)
     w = torch.tensor([1.0, 2.0], dtype=F64)[:, None, None]
     torch.testing.assert_close(g, ddim_step((1 + w) * c - w * u, x_t, **kw), **EXACT)
 
@@ -549,11 +571,11 @@ def test_public_ops_dispatch_through_the_backend(monkeypatch) -> None:
 
     monkeypatch.setattr(backend, "resolve", spy)
     x = randn(2, 3, 4)
-    q_sample(x, 0.5, seed=0)
-    ddpm_step(x, x, abar=0.5, abar_prev=0.6, seed=0)
-    ddim_step(x, x, abar=0.5, abar_prev=0.6, seed=0)
+    add_noise_gaussian(x, alpha_bar=0.5, seed=0)
+    ddpm_step(x, x, alpha_bar=0.5, alpha_bar_next=0.6, seed=0)
+    ddim_step(x, x, alpha_bar=0.5, alpha_bar_next=0.6, seed=0)
     round_to_embedding(x, randn(5, 4))
-    gaussian_loss(x, x)
+    gaussian_loss(x, x, reduction="none")
     assert seen == ["q_sample", "ddpm_step", "ddim_step", "round_to_embedding", "gaussian_loss"]
 
 
@@ -566,75 +588,122 @@ NAN[0, 0, 0] = torch.nan
 
 BAD_CALLS = {
     # q_sample
-    "q int x0 without embedding": (TypeError, lambda: q_sample(TOK, 0.5)),
-    "q float x0 with embedding": (TypeError, lambda: q_sample(X, 0.5, embedding=E)),
-    "q abar > 1": (ValueError, lambda: q_sample(X, 1.5)),
-    "q abar < 0": (ValueError, lambda: q_sample(X, torch.tensor([-0.1, 0.5]))),
-    "q abar NaN": (ValueError, lambda: q_sample(X, math.nan)),
-    "q abar tensor NaN": (ValueError, lambda: q_sample(X, torch.tensor([0.5, math.nan]))),
-    "q abar not a prefix": (ValueError, lambda: q_sample(X, torch.full((3,), 0.5))),
-    "q abar string": (TypeError, lambda: q_sample(X, "0.5")),
-    "q noise shape": (ValueError, lambda: q_sample(X, 0.5, noise=randn(2, 3, 5))),
-    "q noise int": (TypeError, lambda: q_sample(X, 0.5, noise=TOK)),
-    "q x0 NaN": (ValueError, lambda: q_sample(NAN, 0.5)),
-    "q token too large": (ValueError, lambda: q_sample(TOK + 1, 0.5, embedding=E)),
-    "q token negative": (ValueError, lambda: q_sample(TOK - 1, 0.5, embedding=E)),
-    "q embedding 1-D": (ValueError, lambda: q_sample(TOK, 0.5, embedding=E[0])),
-    "q embedding int": (TypeError, lambda: q_sample(TOK, 0.5, embedding=TOK)),
-    "q embedding empty": (ValueError, lambda: q_sample(TOK[:0], 0.5, embedding=E[:0])),
+    "q int x0 without embedding": (TypeError, lambda: add_noise_gaussian(TOK, alpha_bar=0.5)),
+    "q float x0 with embedding": (
+        TypeError,
+        lambda: add_noise_gaussian(X, alpha_bar=0.5, embedding=E),
+    ),
+    "q abar > 1": (ValueError, lambda: add_noise_gaussian(X, alpha_bar=1.5)),
+    "q abar < 0": (ValueError, lambda: add_noise_gaussian(X, alpha_bar=torch.tensor([-0.1, 0.5]))),
+    "q abar NaN": (ValueError, lambda: add_noise_gaussian(X, alpha_bar=math.nan)),
+    "q abar tensor NaN": (
+        ValueError,
+        lambda: add_noise_gaussian(X, alpha_bar=torch.tensor([0.5, math.nan])),
+    ),
+    "q abar not a prefix": (
+        ValueError,
+        lambda: add_noise_gaussian(X, alpha_bar=torch.full((3,), 0.5)),
+    ),
+    "q abar string": (TypeError, lambda: add_noise_gaussian(X, alpha_bar="0.5")),
+    "q noise shape": (
+        ValueError,
+        lambda: add_noise_gaussian(X, alpha_bar=0.5, noise=randn(2, 3, 5)),
+    ),
+    "q noise int": (TypeError, lambda: add_noise_gaussian(X, alpha_bar=0.5, noise=TOK)),
+    "q x0 NaN": (ValueError, lambda: add_noise_gaussian(NAN, alpha_bar=0.5)),
+    "q token too large": (
+        ValueError,
+        lambda: add_noise_gaussian(TOK + 1, alpha_bar=0.5, embedding=E),
+    ),
+    "q token negative": (
+        ValueError,
+        lambda: add_noise_gaussian(TOK - 1, alpha_bar=0.5, embedding=E),
+    ),
+    "q embedding 1-D": (ValueError, lambda: add_noise_gaussian(TOK, alpha_bar=0.5, embedding=E[0])),
+    "q embedding int": (TypeError, lambda: add_noise_gaussian(TOK, alpha_bar=0.5, embedding=TOK)),
+    "q embedding empty": (
+        ValueError,
+        lambda: add_noise_gaussian(TOK[:0], alpha_bar=0.5, embedding=E[:0]),
+    ),
     "q embedding width vs noise": (
         ValueError,
-        lambda: q_sample(TOK, 0.5, embedding=E, noise=randn(2, 3, 3)),
+        lambda: add_noise_gaussian(TOK, alpha_bar=0.5, embedding=E, noise=randn(2, 3, 3)),
     ),
-    "q fixed not bool": (TypeError, lambda: q_sample(X, 0.5, fixed=TOK)),
-    "q fixed shape": (ValueError, lambda: q_sample(X, 0.5, fixed=torch.ones(3, dtype=torch.bool))),
-    "q device mismatch": (ValueError, lambda: q_sample(X, 0.5, noise=META)),
+    "q fixed not bool": (TypeError, lambda: add_noise_gaussian(X, alpha_bar=0.5, fixed=TOK)),
+    "q fixed shape": (
+        ValueError,
+        lambda: add_noise_gaussian(X, alpha_bar=0.5, fixed=torch.ones(3, dtype=torch.bool)),
+    ),
+    "q device mismatch": (ValueError, lambda: add_noise_gaussian(X, alpha_bar=0.5, noise=META)),
     # DDPM / DDIM
-    "ddpm abar 0": (ValueError, lambda: ddpm_step(X, X, abar=0.0, abar_prev=0.5)),
-    "ddpm abar 1": (ValueError, lambda: ddpm_step(X, X, abar=1.0, abar_prev=1.0)),
-    "ddpm abar > 1": (ValueError, lambda: ddpm_step(X, X, abar=0.5, abar_prev=1.2)),
-    "ddpm abar_prev < abar": (ValueError, lambda: ddpm_step(X, X, abar=0.5, abar_prev=0.4)),
+    "ddpm abar 0": (ValueError, lambda: ddpm_step(X, X, alpha_bar=0.0, alpha_bar_next=0.5)),
+    "ddpm abar 1": (ValueError, lambda: ddpm_step(X, X, alpha_bar=1.0, alpha_bar_next=1.0)),
+    "ddpm abar > 1": (ValueError, lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=1.2)),
+    "ddpm abar_prev < abar": (
+        ValueError,
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.4),
+    ),
     "ddpm abar_prev < abar (tensor)": (
         ValueError,
-        lambda: ddpm_step(X, X, abar=torch.tensor([0.5, 0.5]), abar_prev=torch.tensor([0.6, 0.4])),
+        lambda: ddpm_step(
+            X, X, alpha_bar=torch.tensor([0.5, 0.5]), alpha_bar_next=torch.tensor([0.6, 0.4])
+        ),
     ),
-    "ddpm abar NaN": (ValueError, lambda: ddpm_step(X, X, abar=math.nan, abar_prev=0.5)),
+    "ddpm abar NaN": (ValueError, lambda: ddpm_step(X, X, alpha_bar=math.nan, alpha_bar_next=0.5)),
     "ddpm prediction": (
         ValueError,
-        lambda: ddpm_step(X, X, abar=0.5, abar_prev=0.6, prediction="v"),
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, prediction="v"),
     ),
-    "ddpm variance": (ValueError, lambda: ddpm_step(X, X, abar=0.5, abar_prev=0.6, variance="big")),
-    "ddpm shape": (ValueError, lambda: ddpm_step(X[:1], X, abar=0.5, abar_prev=0.6)),
+    "ddpm variance": (
+        ValueError,
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, variance="big"),
+    ),
+    "ddpm shape": (ValueError, lambda: ddpm_step(X[:1], X, alpha_bar=0.5, alpha_bar_next=0.6)),
     "ddpm dtype": (
         TypeError,
-        lambda: ddpm_step(TOK[..., None].expand(2, 3, 4), X, abar=0.5, abar_prev=0.6),
+        lambda: ddpm_step(TOK[..., None].expand(2, 3, 4), X, alpha_bar=0.5, alpha_bar_next=0.6),
     ),
-    "ddpm x_t NaN": (ValueError, lambda: ddpm_step(X, NAN, abar=0.5, abar_prev=0.6)),
+    "ddpm x_t NaN": (ValueError, lambda: ddpm_step(X, NAN, alpha_bar=0.5, alpha_bar_next=0.6)),
     "ddpm scale without uncond": (
         ValueError,
-        lambda: ddpm_step(X, X, abar=0.5, abar_prev=0.6, guidance_scale=2.0),
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, guidance_scale=2.0),
     ),
     "ddpm uncond shape": (
         ValueError,
         lambda: ddpm_step(
-            X, X, abar=0.5, abar_prev=0.6, model_output_uncond=X[0], guidance_scale=1.0
+            X, X, alpha_bar=0.5, alpha_bar_next=0.6, model_output_uncond=X[0], guidance_scale=2.0
         ),
     ),
     "ddpm guidance NaN": (
         ValueError,
         lambda: ddpm_step(
-            X, X, abar=0.5, abar_prev=0.6, model_output_uncond=X, guidance_scale=math.nan
+            X, X, alpha_bar=0.5, alpha_bar_next=0.6, model_output_uncond=X, guidance_scale=math.nan
         ),
     ),
     "ddpm noise shape": (
         ValueError,
-        lambda: ddpm_step(X, X, abar=0.5, abar_prev=0.6, noise=X[:, :1]),
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, noise=X[:, :1]),
     ),
-    "ddpm device": (ValueError, lambda: ddpm_step(X, X, abar=0.5, abar_prev=0.6, noise=META)),
-    "ddim eta < 0": (ValueError, lambda: ddim_step(X, X, abar=0.5, abar_prev=0.6, eta=-0.1)),
-    "ddim eta NaN": (ValueError, lambda: ddim_step(X, X, abar=0.5, abar_prev=0.6, eta=math.nan)),
-    "ddim eta inf": (ValueError, lambda: ddim_step(X, X, abar=0.5, abar_prev=0.6, eta=math.inf)),
-    "ddim abar > abar_prev": (ValueError, lambda: ddim_step(X, X, abar=0.7, abar_prev=0.6)),
+    "ddpm device": (
+        ValueError,
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, noise=META),
+    ),
+    "ddim eta < 0": (
+        ValueError,
+        lambda: ddim_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, eta=-0.1),
+    ),
+    "ddim eta NaN": (
+        ValueError,
+        lambda: ddim_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, eta=math.nan),
+    ),
+    "ddim eta inf": (
+        ValueError,
+        lambda: ddim_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, eta=math.inf),
+    ),
+    "ddim abar > abar_prev": (
+        ValueError,
+        lambda: ddim_step(X, X, alpha_bar=0.7, alpha_bar_next=0.6),
+    ),
     # rounding
     "round width": (ValueError, lambda: round_to_embedding(X, randn(5, 3))),
     "round embedding 3-D": (ValueError, lambda: round_to_embedding(X, X)),
@@ -642,19 +711,22 @@ BAD_CALLS = {
     "round x NaN": (ValueError, lambda: round_to_embedding(NAN, E)),
     "round device": (ValueError, lambda: round_to_embedding(META, E)),
     # loss and guidance
-    "loss shape": (ValueError, lambda: gaussian_loss(X, X[:, :2])),
+    "loss shape": (ValueError, lambda: gaussian_loss(X, X[:, :2], reduction="none")),
     "loss reduction": (ValueError, lambda: gaussian_loss(X, X, reduction="avg")),
-    "loss weight shape": (ValueError, lambda: gaussian_loss(X, X, weight=torch.ones(3))),
-    "loss weight NaN": (ValueError, lambda: gaussian_loss(X, X, weight=math.nan)),
-    "loss ignore dtype": (TypeError, lambda: gaussian_loss(X, X, ignore=TOK)),
-    "loss NaN": (ValueError, lambda: gaussian_loss(NAN, X)),
-    "cfg shape": (ValueError, lambda: classifier_free_guidance(X, X[0], 1.0)),
-    "cfg scale NaN": (ValueError, lambda: classifier_free_guidance(X, X, math.nan)),
+    "loss weight shape": (
+        ValueError,
+        lambda: gaussian_loss(X, X, weight=torch.ones(3), reduction="none"),
+    ),
+    "loss weight NaN": (ValueError, lambda: gaussian_loss(X, X, weight=math.nan, reduction="none")),
+    "loss ignore dtype": (TypeError, lambda: gaussian_loss(X, X, ignore=TOK, reduction="none")),
+    "loss NaN": (ValueError, lambda: gaussian_loss(NAN, X, reduction="none")),
+    "cfg shape": (ValueError, lambda: classifier_free_guidance(X, X[0], guidance_scale=1.0)),
+    "cfg scale NaN": (ValueError, lambda: classifier_free_guidance(X, X, guidance_scale=math.nan)),
     "cfg scale inf": (
         ValueError,
-        lambda: classifier_free_guidance(X, X, torch.tensor([math.inf, 1.0])),
+        lambda: classifier_free_guidance(X, X, guidance_scale=torch.tensor([math.inf, 1.0])),
     ),
-    "cfg int": (TypeError, lambda: guided_logits(TOK, TOK, 1.0)),
+    "cfg int": (TypeError, lambda: classifier_free_guidance(TOK, TOK, guidance_scale=1.0)),
 }
 
 
@@ -673,8 +745,8 @@ def test_bad_inputs_raise(name: str, monkeypatch) -> None:
 def test_value_checks_off_skips_only_data_reads() -> None:
     try:
         checks.set_value_checks(False)
-        q_sample(X, torch.tensor([1.5, 0.5]), seed=0)  # a tensor is not read
+        add_noise_gaussian(X, alpha_bar=torch.tensor([1.5, 0.5]), seed=0)  # a tensor is not read
         with pytest.raises(ValueError):
-            q_sample(X, 1.5)  # a Python number is always checked
+            add_noise_gaussian(X, alpha_bar=1.5)  # a Python number is always checked
     finally:
         checks.set_value_checks(True)

@@ -67,7 +67,7 @@ UPDATES = {
     "euler": (fastdiff.sedd_euler_step, {"dsigma": 2.0, "dt": 0.05, "graph": "absorb"}),
     "analytic": (fastdiff.sedd_analytic_step, {"sigma": 1.2, "sigma_next": 1.0, "graph": "absorb"}),
     "denoise": (fastdiff.sedd_denoise_step, {"sigma": 1e-3, "graph": "absorb"}),
-    "mdlm": (fastdiff.mdlm_step, {"sigma_t": 1.0, "sigma_s": 0.7}),
+    "mdlm": (fastdiff.mdlm_step, {"sigma": 1.0, "sigma_next": 0.7}),
     "euler_uniform": (fastdiff.sedd_euler_step, {"dsigma": 3.0, "dt": 0.1, "graph": "uniform"}),
     "analytic_uniform": (
         fastdiff.sedd_analytic_step,

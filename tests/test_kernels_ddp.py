@@ -36,7 +36,7 @@ def _loss(model, hidden, x_t, x0, sigma):
             model(hidden),
             x_t,
             x0,
-            sigma,
+            sigma=sigma,
             graph="absorb",
             mask_id=MASK,
             weight=sigma,

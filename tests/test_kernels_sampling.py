@@ -247,8 +247,8 @@ UPDATES = {
     "analytic": (fastdiff.sedd_analytic_step, {"sigma": 1.2, "sigma_next": 1.0, "graph": "absorb"}),
     "euler": (fastdiff.sedd_euler_step, {"dsigma": 2.0, "dt": 0.02, "graph": "absorb"}),
     "denoise": (fastdiff.sedd_denoise_step, {"sigma": 1e-3, "graph": "absorb"}),
-    "mdlm": (fastdiff.mdlm_step, {"sigma_t": 1.0, "sigma_s": 0.7}),
-    "mdlm_last": (fastdiff.mdlm_step, {"sigma_t": 0.3, "sigma_s": 0.0}),
+    "mdlm": (fastdiff.mdlm_step, {"sigma": 1.0, "sigma_next": 0.7}),
+    "mdlm_last": (fastdiff.mdlm_step, {"sigma": 0.3, "sigma_next": 0.0}),
     "analytic_uniform": (
         fastdiff.sedd_analytic_step,
         {"sigma": 1.5, "sigma_next": 1.0, "graph": "uniform"},
@@ -369,7 +369,7 @@ def test_confidence_unmask_step_on_kernels_matches_reference():
     b, length, vocab, m = 6, 32, 50, 49
     logits = (torch.randn(b, length, vocab, generator=gen) * 2).to(DEVICE)
     x = torch.where(torch.rand(b, length, generator=gen) < 0.6, m, 5).to(DEVICE)
-    kw = {"mask_id": m, "k": 3, "block_size": 8, "confidence": "margin"}
+    kw = {"mask_id": m, "k": 3, "block_length": 8, "confidence": "margin"}
     out = _both(fastdiff.confidence_unmask_step, logits, x, **kw)
     assert torch.equal(out["reference"], out["triton"])
 
@@ -395,7 +395,7 @@ def test_d3pm_step_kernel_matches_reference(seed, n, vocab, batched, with_fixed)
         logits, x_t = logits[0], x_t[0]
         fixed = None if fixed is None else fixed[0]
     out = _both(
-        fastdiff.d3pm_step, logits, x_t, q_step=q_step, qbar_prev=qbar_prev, fixed=fixed, seed=seed
+        fastdiff.d3pm_step, logits, x_t, q_step=q_step, qbar_next=qbar_prev, fixed=fixed, seed=seed
     )
     assert _mismatches(out["reference"], out["triton"]) <= 1
     if fixed is not None:
@@ -425,7 +425,7 @@ def test_sampling_ops_opcheck_and_compile():
     )
 
     def step(logits, x):
-        y = fastdiff.mdlm_step(logits, x, sigma_t=1.0, sigma_s=0.5, mask_id=3, seed=2)
+        y = fastdiff.mdlm_step(logits, x, sigma=1.0, sigma_next=0.5, mask_id=3, seed=2)
         return fastdiff.sample_categorical(logits=logits, seed=3, top_k=4), y
 
     with fastdiff.use_backend("triton"), fastdiff.value_checks(False):

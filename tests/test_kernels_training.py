@@ -199,7 +199,7 @@ def test_public_score_entropy_on_triton_backend(graph, reduction):
     scores = torch.randn(batch, length, vocab, generator=gen)
     x0 = torch.randint(0, vocab, (batch, length), generator=gen)
     x0[x0 == mask_id] = 0
-    x_t = fastdiff.corrupt(x0, 1.0, graph=graph, vocab_size=vocab, mask_id=mask_id, seed=4)
+    x_t = fastdiff.add_noise(x0, sigma=1.0, graph=graph, vocab_size=vocab, mask_id=mask_id, seed=4)
     ignore = torch.zeros(batch, length, dtype=torch.bool)
     ignore[1, 3:] = True
     kw = dict(
@@ -214,8 +214,12 @@ def test_public_score_entropy_on_triton_backend(graph, reduction):
         s = scores.clone().to(DEVICE).requires_grad_(True)
         with fastdiff.use_backend(name):
             loss = fastdiff.score_entropy(
-                s, x_t.to(DEVICE), x0.to(DEVICE), torch.tensor([0.3, 2.0], device=DEVICE), **kw
-            )
+                s,
+                x_t.to(DEVICE),
+                x0.to(DEVICE),
+                sigma=torch.tensor([0.3, 2.0], device=DEVICE),
+                **kw,
+            reduction="none", )
         loss.sum().backward()
         outs[name] = (loss.detach().cpu(), s.grad.cpu())
     torch.testing.assert_close(outs["triton"][0], outs["reference"][0], rtol=1e-5, atol=1e-5)
@@ -229,7 +233,7 @@ def test_masked_diffusion_fp16_large_logits_stay_finite():
     x_t, x0 = torch.tensor([2]), torch.tensor([0])
     with fastdiff.use_backend("triton"):
         loss = fastdiff.masked_diffusion_loss(
-            logits.to(DEVICE), x_t.to(DEVICE), x0.to(DEVICE), mask_id=2
+            logits.to(DEVICE), x_t.to(DEVICE), x0.to(DEVICE), mask_id=2, reduction="none"
         )
     assert torch.isfinite(loss).all() and abs(float(loss)) < 1e-6
 
@@ -289,7 +293,7 @@ def test_public_loss_traces_under_torch_compile_fullgraph():
 
     def step(s):
         return fastdiff.score_entropy(
-            s, x_t, x0, sigma, graph="absorb", mask_id=29, reduction="sum"
+            s, x_t, x0, sigma=sigma, graph="absorb", mask_id=29, reduction="sum"
         )
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
@@ -318,10 +322,10 @@ def _linear_case(seed, n, hidden_size, vocab, dtype, graph):
     x0 = torch.randint(0, vocab, (n,), generator=gen)
     x0 = torch.where(x0 == mask_id, (mask_id + 1) % vocab, x0)
     if graph == "uniform":
-        x_t = fastdiff.corrupt(x0, 1.0, graph="uniform", vocab_size=vocab, seed=seed)
+        x_t = fastdiff.add_noise(x0, sigma=1.0, graph="uniform", vocab_size=vocab, seed=seed)
     else:
-        x_t = fastdiff.corrupt(
-            x0, 1.0, graph="absorb", vocab_size=vocab, mask_id=mask_id, seed=seed
+        x_t = fastdiff.add_noise(
+            x0, sigma=1.0, graph="absorb", vocab_size=vocab, mask_id=mask_id, seed=seed
         )
     sigma = torch.rand(n, generator=gen) * 3 + 0.05
     weight = torch.rand(n, generator=gen) + 0.5
@@ -332,10 +336,19 @@ def _linear_loss(graph, hidden, proj, bias, x_t, x0, sigma, weight, mask_id, **k
     if graph == "mdlm":
         return fastdiff.linear_masked_diffusion_loss(
             hidden, proj, x_t, x0, mask_id=mask_id, bias=bias, weight=weight, **kw
-        )
+        , reduction="sum")
     return fastdiff.linear_score_entropy(
-        hidden, proj, x_t, x0, sigma, bias=bias, graph=graph, mask_id=mask_id, weight=weight, **kw
-    )
+        hidden,
+        proj,
+        x_t,
+        x0,
+        sigma=sigma,
+        bias=bias,
+        graph=graph,
+        mask_id=mask_id,
+        weight=weight,
+        **kw,
+    reduction="sum", )
 
 
 @settings(max_examples=20, deadline=None)
@@ -481,7 +494,7 @@ def test_corrupt_kernel_frequencies():
     n, sigma = 20000, 0.7
     x0 = torch.zeros(n, dtype=torch.int64, device=DEVICE)
     with fastdiff.use_backend("triton"):
-        x_t = fastdiff.corrupt(x0, sigma, graph="absorb", vocab_size=4, mask_id=3, seed=9)
+        x_t = fastdiff.add_noise(x0, sigma=sigma, graph="absorb", vocab_size=4, mask_id=3, seed=9)
     p = -math.expm1(-sigma)
     assert abs(float((x_t == 3).float().mean()) - p) < 5 * math.sqrt(p * (1 - p) / n)
 
@@ -549,8 +562,8 @@ def test_noising_ops_opcheck_and_torch_compile_fullgraph():
     )
 
     def noise(x0, sigma, q):
-        a = fastdiff.corrupt(x0, sigma, graph="absorb", vocab_size=10, mask_id=9, seed=3)
-        return a, fastdiff.corrupt_dense(x0, q, seed=4)
+        a = fastdiff.add_noise(x0, sigma=sigma, graph="absorb", vocab_size=10, mask_id=9, seed=3)
+        return a, fastdiff.add_noise_dense(x0, q, seed=4)
 
     compiled = torch.compile(noise, fullgraph=True, backend="aot_eager")
     sigma = torch.tensor([0.5, 1.0], device=DEVICE)
@@ -580,11 +593,18 @@ def test_weight_and_sigma_gradients_match_reference(graph, score_grad):
         with fastdiff.use_backend(name):
             if graph == "mdlm":
                 loss = fastdiff.masked_diffusion_loss(
-                    s, x_t.to(DEVICE), x0.to(DEVICE), mask_id=mask_id, weight=w
+                    s, x_t.to(DEVICE), x0.to(DEVICE), mask_id=mask_id, weight=w, reduction="none"
                 )
             else:
                 loss = fastdiff.score_entropy(
-                    s, x_t.to(DEVICE), x0.to(DEVICE), sig, graph=graph, mask_id=mask_id, weight=w
+                    s,
+                    x_t.to(DEVICE),
+                    x0.to(DEVICE),
+                    sigma=sig,
+                    graph=graph,
+                    mask_id=mask_id,
+                    weight=w,
+                    reduction="none",
                 )
         (loss * torch.arange(1.0, 7.0, device=DEVICE).reshape(2, 3)).sum().backward()
         outs[name] = [t.grad for t in (w, sig) + ((s,) if score_grad else ())]

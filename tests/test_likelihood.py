@@ -153,7 +153,13 @@ class Toy:
             sig = sigma.expand(len(x_t))
             with fastdiff.use_backend("reference"):
                 se = fastdiff.score_entropy(
-                    self.score(x_t, sig), x_t, x0, sig, graph=graph, mask_id=self.mask
+                    self.score(x_t, sig),
+                    x_t,
+                    x0,
+                    sigma=sig,
+                    graph=graph,
+                    mask_id=self.mask,
+                    reduction="none",
                 )
             full = torch.zeros(keep.shape, dtype=torch.float64)
             full[keep] = se.sum(-1) * q[keep]
@@ -168,13 +174,21 @@ def _toy(objective: str) -> Toy:
     return TOYS["uniform" if objective == "uniform" else "absorb"]
 
 
+# the test cases' names -> fastdiff's objective and graph
+CASES = {
+    "absorb": dict(objective="sedd", graph="absorb"),
+    "uniform": dict(objective="sedd", graph="uniform"),
+    "masked": dict(objective="mdlm"),
+}
+
+
 def _replicated_nelbo(objective, replicates, **kw) -> torch.Tensor:
     """``[replicates, 27]`` independent estimates (one batch of replicated rows)."""
     toy = _toy(objective)
     est = likelihood.nelbo(
         toy.denoiser(objective),
         toy.seqs.repeat(replicates, 1),
-        objective=objective,
+        **CASES[objective],
         schedule=kw.pop("schedule", SCHEDULE),
         vocab_size=toy.vocab,
         mask_id=toy.mask,
@@ -207,7 +221,7 @@ def test_prior_term_matches_enumeration(objective, schedule):
         return  # sigma(1) = inf: a uniform-graph model starts at the stationary distribution
     k1 = toy.kernel(sigma1)[0]
     pi = toy.base(float(sigma1))
-    got = likelihood.prior_nats_per_token(objective, schedule, toy.vocab)
+    got = likelihood.prior_nats_per_token(graph=toy.graph, schedule=schedule, vocab_size=toy.vocab)
     for x in toy.seqs[:, 0].unique():
         q = k1[x]
         want = float((torch.special.xlogy(q, q) - torch.special.xlogy(q, pi)).sum())
@@ -224,7 +238,9 @@ def test_exact_integral_identity_and_quadrature_convergence():
     change of variable t = u^3 than in t itself."""
     toy = TOYS["absorb"]
     exact = toy.exact_nelbo(SCHEDULE)
-    prior = L * likelihood.prior_nats_per_token("absorb", SCHEDULE, toy.vocab)
+    prior = L * likelihood.prior_nats_per_token(
+        graph="absorb", schedule=SCHEDULE, vocab_size=toy.vocab
+    )
     nodes, weights = likelihood.gauss_legendre(2)
     got = (weights[:, None] * toy.expected_integrand(nodes)).sum(0) + prior
     assert float((got - exact).abs().max()) < 1e-10
@@ -232,7 +248,9 @@ def test_exact_integral_identity_and_quadrature_convergence():
 
     toy = TOYS["uniform"]
     exact = toy.exact_nelbo(SCHEDULE)
-    prior = L * likelihood.prior_nats_per_token("uniform", SCHEDULE, toy.vocab)
+    prior = L * likelihood.prior_nats_per_token(
+        graph="uniform", schedule=SCHEDULE, vocab_size=toy.vocab
+    )
     errors = {}
     for power in (1, 3):
         for n in (4, 8, 16):
@@ -304,7 +322,7 @@ def test_bound_is_above_entropy_and_tightens_as_the_denoiser_becomes_exact():
             return toy.score(x_t, sigma) + lam * noise[here].double()
 
         est = likelihood.nelbo(
-            denoiser, x0, objective="absorb", schedule=SCHEDULE, vocab_size=toy.vocab,
+            denoiser, x0, objective="sedd", schedule=SCHEDULE, vocab_size=toy.vocab,
             mask_id=MASK, num_t=3, method="quadrature", noise_draws=2, seed=7,
         )  # fmt: skip
         curves.append(est.reshape(reps, -1) @ toy.prob)
@@ -322,7 +340,8 @@ def _bound(**kw) -> likelihood.LikelihoodBound:
     return likelihood.perplexity_bound(
         toy.score,
         [toy.seqs[:14], toy.seqs[14:]],
-        objective="absorb",
+        objective="sedd",
+        graph="absorb",
         schedule=SCHEDULE,
         vocab_size=toy.vocab,
         mask_id=MASK,
@@ -371,11 +390,11 @@ def test_perplexity_of_a_uniform_guess_byte_model():
         return torch.zeros(*x_t.shape, 257)
 
     def absorb_model(x_t, sigma):
-        return fastdiff.scale_by_sigma(torch.zeros(*x_t.shape, 257), sigma)
+        return fastdiff.scale_by_sigma(torch.zeros(*x_t.shape, 257), sigma=sigma)
 
     for objective, model in (("masked", masked_model), ("absorb", absorb_model)):
         bound = likelihood.perplexity_bound(
-            model, iter(data), objective=objective, schedule=LogLinear(), vocab_size=257,
+            model, iter(data), **CASES[objective], schedule=LogLinear(), vocab_size=257,
             mask_id=256, num_t=2, seed=3,
         )  # fmt: skip
         assert bound.num_sequences == 256 and bound.num_tokens == 256 * 32
@@ -409,7 +428,7 @@ def test_module_denoiser_streaming_and_reproducibility():
     another seed."""
     model = _Module()
     batches = [torch.randint(0, 4, (3, 7)), torch.randint(0, 4, (5, 2))]
-    kw = dict(objective="uniform", schedule=LogLinear(), vocab_size=5, num_t=3)
+    kw = dict(objective="sedd", graph="uniform", schedule=LogLinear(), vocab_size=5, num_t=3)
     a = likelihood.perplexity_bound(model, batches, seed=11, **kw)
     b = likelihood.perplexity_bound(model, batches, seed=11, **kw)
     c = likelihood.perplexity_bound(model, batches, seed=12, **kw)
@@ -427,7 +446,7 @@ def test_bad_arguments_raise_before_the_denoiser_runs():
         raise AssertionError("the denoiser must not run")
 
     x0 = torch.zeros(2, 3, dtype=torch.long)
-    kw = dict(objective="absorb", schedule=LogLinear(), vocab_size=4, mask_id=3)
+    kw = dict(objective="sedd", schedule=LogLinear(), vocab_size=4, mask_id=3)
     bad = [
         (dict(objective="ar"), ValueError, "objective"),
         (dict(method="simpson"), ValueError, "method"),
@@ -435,7 +454,9 @@ def test_bad_arguments_raise_before_the_denoiser_runs():
         (dict(noise_draws=1.5), ValueError, "noise_draws"),
         (dict(mask_id=None), ValueError, "mask_id"),
         (dict(mask_id=4), ValueError, "mask_id"),
-        (dict(objective="uniform"), ValueError, "no mask"),
+        (dict(graph="uniform"), ValueError, "no mask"),
+        (dict(graph="masked"), ValueError, "graph"),
+        (dict(objective="mdlm", graph="uniform", mask_id=None), ValueError, "absorb"),
         (dict(schedule="loglinear"), TypeError, "NoiseSchedule"),
         (dict(time_power=0.5), ValueError, "time_power"),
     ]

@@ -64,7 +64,9 @@ def dse_definition(
 
 
 def se(log_score, x_t, x0, sigma, graph, m=None, **kw):
-    return score_entropy(log_score, x_t, x0, sigma, graph=graph, mask_id=m, **kw)
+    return score_entropy(
+        log_score, x_t, x0, sigma=sigma, graph=graph, mask_id=m, **{"reduction": "none", **kw}
+    )
 
 
 @st.composite
@@ -471,13 +473,13 @@ def test_score_entropy_validation() -> None:
         se(s, xt, torch.tensor([3, 0]), 1.0, "absorb", 3)
     with pytest.raises(ValueError, match="x_t"):
         se(s, torch.tensor([4, 0]), x0, 1.0, "uniform")
-    with pytest.raises(ValueError, match="log_score"):
+    with pytest.raises(ValueError, match="model_output"):
         se(torch.zeros(3, 4), xt, x0, 1.0, "uniform")
-    with pytest.raises(ValueError, match="log_score"):
+    with pytest.raises(ValueError, match="model_output"):
         se(torch.tensor([[0.0, math.nan, 0, 0], [0.0] * 4]), xt, x0, 1.0, "uniform")
-    with pytest.raises(ValueError, match="log_score"):
+    with pytest.raises(ValueError, match="model_output"):
         se(torch.tensor([[0.0, math.inf, 0, 0], [0.0] * 4]), xt, x0, 1.0, "uniform")
-    with pytest.raises(TypeError, match="log_score"):
+    with pytest.raises(TypeError, match="model_output"):
         se(torch.zeros(2, 4, dtype=torch.int64), xt, x0, 1.0, "uniform")
     with pytest.raises(TypeError, match="x_t"):
         se(s, xt.float(), x0, 1.0, "uniform")
@@ -501,7 +503,7 @@ def test_masked_loss_hand_values(m: int) -> None:
     cols = [j for j in range(4) if j != m]  # columns of logits 1, 2, 3
     xt = torch.tensor([m, cols[0]])
     x0 = torch.tensor([cols[1], cols[0]])
-    loss = masked_diffusion_loss(logits, xt, x0, mask_id=m)
+    loss = masked_diffusion_loss(logits, xt, x0, mask_id=m, reduction="none")
     lse = math.log(math.e + math.e**2 + math.e**3)  # the mask column is removed
     torch.testing.assert_close(loss, torch.tensor([lse - 2.0, 0.0], dtype=F64), rtol=1e-14, atol=0)
     assert loss[1].item() == 0.0
@@ -517,7 +519,7 @@ def test_masked_loss_gradient_and_unread_rows() -> None:
     logits[3, 2] = 1e300
     w = torch.tensor([2.0, 5.0, 0.5, 1.0, 3.0], dtype=F64)
     t = logits.clone().requires_grad_(True)
-    loss = masked_diffusion_loss(t, xt, x0, mask_id=m, weight=w)
+    loss = masked_diffusion_loss(t, xt, x0, mask_id=m, weight=w, reduction="none")
     assert loss[1].item() == 0.0 and loss[3].item() == 0.0
     loss.sum().backward()
     want = torch.zeros(5, v, dtype=F64)
@@ -564,11 +566,11 @@ def test_masked_loss_half_precision_large_logits_stay_finite(dtype) -> None:
     xt = torch.tensor([m, m, m])
     x0 = torch.tensor([3, 1, 4])
     t = logits.clone().requires_grad_(True)
-    loss = masked_diffusion_loss(t, xt, x0, mask_id=m)
+    loss = masked_diffusion_loss(t, xt, x0, mask_id=m, reduction="none")
     assert loss.dtype == F32 and bool(torch.isfinite(loss).all())
     loss.sum().backward()
     assert bool(torch.isfinite(t.grad.float()).all())
-    ref = masked_diffusion_loss(logits.double(), xt, x0, mask_id=m)
+    ref = masked_diffusion_loss(logits.double(), xt, x0, mask_id=m, reduction="none")
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
     assert loss[2].item() == pytest.approx(0.0, abs=1e-6)  # x0 is the only finite non-mask
     assert loss[0].item() == pytest.approx(
@@ -594,8 +596,8 @@ def test_masked_loss_weight_from_schedules_is_one_over_t() -> None:
     x0 = torch.tensor([[1, 0, 3, 2], [0, 3, 1, 1], [2, 0, 1, 0]])
     times = torch.tensor([0.1, 0.5, 0.8], dtype=F64)
     w = schedules.LogLinear(eps=0.0).loss_weight(times)
-    loss = masked_diffusion_loss(logits, xt, x0, mask_id=4, weight=w)
-    plain = masked_diffusion_loss(logits, xt, x0, mask_id=4)
+    loss = masked_diffusion_loss(logits, xt, x0, mask_id=4, weight=w, reduction="none")
+    plain = masked_diffusion_loss(logits, xt, x0, mask_id=4, reduction="none")
     torch.testing.assert_close(loss, plain / times[:, None], rtol=1e-14, atol=0)
 
 
@@ -606,7 +608,7 @@ def test_masked_loss_reductions_and_validation() -> None:
     ln2 = math.log(2.0)
     kw = dict(mask_id=2)
     torch.testing.assert_close(
-        masked_diffusion_loss(logits, xt, x0, **kw),
+        masked_diffusion_loss(logits, xt, x0, **{"reduction": "none", **kw}),
         torch.tensor([[ln2, ln2], [0.0, ln2]], dtype=F64),
     )
     assert masked_diffusion_loss(logits, xt, x0, reduction="sum", **kw).item() == pytest.approx(
@@ -617,13 +619,13 @@ def test_masked_loss_reductions_and_validation() -> None:
         logits, xt, x0, reduction="mean", ignore=ign, weight=2.0, **kw
     ).item() == pytest.approx(2 * 2 * ln2 / 3)
     with pytest.raises(ValueError, match="mask"):
-        masked_diffusion_loss(logits, xt, torch.tensor([[2, 1], [0, 1]]), **kw)
+        masked_diffusion_loss(logits, xt, torch.tensor([[2, 1], [0, 1]]), **{"reduction": "none", **kw})
     with pytest.raises(ValueError, match="mask_id"):
-        masked_diffusion_loss(logits, xt, x0, mask_id=3)
-    with pytest.raises(ValueError, match="logits"):
-        masked_diffusion_loss(logits.fill_(math.nan), xt, x0, **kw)
-    with pytest.raises(ValueError, match="logits"):
-        masked_diffusion_loss(torch.zeros(2, 3), xt, x0, **kw)
+        masked_diffusion_loss(logits, xt, x0, mask_id=3, reduction="none")
+    with pytest.raises(ValueError, match="model_output"):
+        masked_diffusion_loss(logits.fill_(math.nan), xt, x0, **{"reduction": "none", **kw})
+    with pytest.raises(ValueError, match="model_output"):
+        masked_diffusion_loss(torch.zeros(2, 3), xt, x0, **{"reduction": "none", **kw})
     with pytest.raises(ValueError, match="reduction"):
         masked_diffusion_loss(torch.zeros(2, 2, 3), xt, x0, reduction="max", **kw)
 
@@ -636,10 +638,10 @@ def test_public_exports() -> None:
 def test_scale_by_sigma_matches_formula_and_gives_uniform_guess_ratio() -> None:
     logits = torch.randn(2, 3, 11, dtype=F64)
     sigma = torch.tensor([1e-4, 3.0], dtype=F64)
-    s = fastdiff.scale_by_sigma(logits, sigma)
+    s = fastdiff.scale_by_sigma(logits, sigma=sigma)
     want = logits - torch.log(torch.expm1(sigma))[:, None, None] - math.log(10)
     torch.testing.assert_close(s, want, rtol=0, atol=1e-12)
-    zero = fastdiff.scale_by_sigma(torch.zeros(1, 5), 0.5)
+    zero = fastdiff.scale_by_sigma(torch.zeros(1, 5), sigma=0.5)
     torch.testing.assert_close(zero.exp(), torch.full((1, 5), 1 / (4 * math.expm1(0.5))))
     with pytest.raises(ValueError, match="sigma"):
-        fastdiff.scale_by_sigma(logits, -1.0)
+        fastdiff.scale_by_sigma(logits, sigma=-1.0)

@@ -1,4 +1,4 @@
-"""Tests for fastdiff.corrupt: absorbing and uniform forward noising (ops.md section 2).
+"""Tests for fastdiff.add_noise: absorbing and uniform forward noising (ops.md section 2).
 
 Frequency checks use fixed seeds and bounds a correct sampler passes with probability at least
 1 - 1e-6 for a random seed: counts within 5 binomial standard deviations (two-sided
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastdiff
-from fastdiff import corrupt
+from fastdiff import add_noise
 
 F64 = torch.float64
 N = 200_000
@@ -50,7 +50,7 @@ def test_absorb_scalar_sigma_frequency(sigma: float) -> None:
     v, m = 50, 17
     x0 = torch.arange(N) % (v - 1)
     x0[x0 >= m] += 1  # clean tokens avoid the mask id
-    xt = corrupt(x0, sigma, graph="absorb", vocab_size=v, mask_id=m, seed=123)
+    xt = add_noise(x0, sigma=sigma, graph="absorb", vocab_size=v, mask_id=m, seed=123)
     assert xt.dtype == torch.int64 and xt.shape == x0.shape
     moved = xt != x0
     assert bool((xt[moved] == m).all())  # the only move is to the mask
@@ -61,7 +61,7 @@ def test_absorb_per_sequence_sigma_frequency() -> None:
     sig = torch.tensor([0.05, 0.3, 1.0, 3.0], dtype=F64)
     b, length, m = 4, N // 4, 0
     x0 = torch.randint(1, 30, (b, length), generator=torch.Generator().manual_seed(0))
-    xt = corrupt(x0, sig, graph="absorb", vocab_size=30, mask_id=m, seed=7)
+    xt = add_noise(x0, sigma=sig, graph="absorb", vocab_size=30, mask_id=m, seed=7)
     for i in range(b):
         assert within_5_sigma(int((xt[i] == m).sum()), length, move_prob(float(sig[i]))), i
 
@@ -71,7 +71,7 @@ def test_absorb_per_token_sigma_frequency() -> None:
     b, length, m = 2, N // 2, 9
     sig = values[torch.arange(length) % 4].expand(b, length)
     x0 = torch.zeros(b, length, dtype=torch.int64)
-    xt = corrupt(x0, sig, graph="absorb", vocab_size=10, mask_id=m, seed=8, offset=3)
+    xt = add_noise(x0, sigma=sig, graph="absorb", vocab_size=10, mask_id=m, seed=8, offset=3)
     for k in range(4):
         group = xt[:, k::4]
         assert within_5_sigma(int((group == m).sum()), group.numel(), move_prob(float(values[k])))
@@ -81,7 +81,7 @@ def test_absorb_per_token_sigma_frequency() -> None:
 def test_uniform_distribution_of_x_t(sigma: float) -> None:
     v, x0_value = 5, 3
     x0 = torch.full((N,), x0_value)
-    xt = corrupt(x0, sigma, graph="uniform", vocab_size=v, seed=11)
+    xt = add_noise(x0, sigma=sigma, graph="uniform", vocab_size=v, seed=11)
     a = math.exp(-sigma)
     p_stay = a + (1 - a) / v  # P(x_t = x0) = e^-sigma + (1 - e^-sigma)/V
     assert within_5_sigma(int((xt == x0_value).sum()), N, p_stay)
@@ -94,12 +94,12 @@ def test_uniform_per_sequence_and_per_token_sigma() -> None:
     v = 4
     sig_seq = torch.tensor([0.1, 2.0], dtype=F64)
     x0 = torch.ones(2, N // 2, dtype=torch.int64)
-    xt = corrupt(x0, sig_seq, graph="uniform", vocab_size=v, seed=21)
+    xt = add_noise(x0, sigma=sig_seq, graph="uniform", vocab_size=v, seed=21)
     for i in range(2):
         a = math.exp(-float(sig_seq[i]))
         assert within_5_sigma(int((xt[i] == 1).sum()), N // 2, a + (1 - a) / v)
     sig_tok = torch.where(torch.arange(N // 2) % 2 == 0, 0.1, 2.0).to(F64).expand(2, N // 2)
-    xt = corrupt(x0, sig_tok, graph="uniform", vocab_size=v, seed=22)
+    xt = add_noise(x0, sigma=sig_tok, graph="uniform", vocab_size=v, seed=22)
     for k, s in enumerate((0.1, 2.0)):
         group = xt[:, k::2]
         a = math.exp(-s)
@@ -110,7 +110,7 @@ def test_uniform_per_sequence_and_per_token_sigma() -> None:
 def test_uniform_moves_cover_the_whole_vocab_uniformly(v: int) -> None:
     # sigma = 50: every token moves (1 - e^-50 = 1 - 2e-22); x_t ~ U[0, V) whatever x0 is
     x0 = torch.randint(0, v, (N,), generator=torch.Generator().manual_seed(1))
-    xt = corrupt(x0, 50.0, graph="uniform", vocab_size=v, seed=5)
+    xt = add_noise(x0, sigma=50.0, graph="uniform", vocab_size=v, seed=5)
     counts = torch.bincount(xt, minlength=v)
     assert counts.numel() == v and bool((counts > 0).all())
     assert chi2_pvalue(counts, torch.full((v,), 1.0 / v)) > 1e-6
@@ -120,7 +120,7 @@ def test_uniform_moves_cover_the_whole_vocab_uniformly(v: int) -> None:
 
 def test_uniform_vocab_of_one_never_changes() -> None:
     x0 = torch.zeros(1000, dtype=torch.int64)
-    assert torch.equal(corrupt(x0, 5.0, graph="uniform", vocab_size=1, seed=0), x0)
+    assert torch.equal(add_noise(x0, sigma=5.0, graph="uniform", vocab_size=1, seed=0), x0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_fixed_positions_untouched(graph: str) -> None:
     gen = torch.Generator().manual_seed(2)
     x0 = torch.randint(0, v - 1, (8, 5000), generator=gen)
     fixed = torch.rand(8, 5000, generator=gen) < 0.3
-    xt = corrupt(x0, 30.0, graph=graph, vocab_size=v, mask_id=m, fixed=fixed, seed=3)
+    xt = add_noise(x0, sigma=30.0, graph=graph, vocab_size=v, mask_id=m, fixed=fixed, seed=3)
     assert torch.equal(xt[fixed], x0[fixed])
     if graph == "absorb":
         # P(a free position stays) = e^-30 = 9e-14 per position
@@ -145,28 +145,28 @@ def test_fixed_positions_untouched(graph: str) -> None:
         assert within_5_sigma(round(changed * n_free), n_free, 1 - 1 / v)
     # a per-sequence fixed mask (prefix of the batch shape) fixes whole rows
     rows = torch.tensor([True, False] * 4)
-    xt = corrupt(x0, 30.0, graph=graph, vocab_size=v, mask_id=m, fixed=rows, seed=3)
+    xt = add_noise(x0, sigma=30.0, graph=graph, vocab_size=v, mask_id=m, fixed=rows, seed=3)
     assert torch.equal(xt[rows], x0[rows])
     assert bool((xt[~rows] != x0[~rows]).any())
     # fixing changes nothing at the free positions (the same counters are used)
-    free = corrupt(x0, 30.0, graph=graph, vocab_size=v, mask_id=m, seed=3)
+    free = add_noise(x0, sigma=30.0, graph=graph, vocab_size=v, mask_id=m, seed=3)
     assert torch.equal(xt[~rows], free[~rows])
 
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_sigma_zero_never_moves(graph: str) -> None:
     x0 = torch.randint(0, 7, (N,), generator=torch.Generator().manual_seed(4))
-    xt = corrupt(x0, 0.0, graph=graph, vocab_size=8, mask_id=7, seed=9)
+    xt = add_noise(x0, sigma=0.0, graph=graph, vocab_size=8, mask_id=7, seed=9)
     assert torch.equal(xt, x0)
     sig = torch.tensor([0.0, 2.0], dtype=F64)
-    xt = corrupt(x0.reshape(2, -1), sig, graph=graph, vocab_size=8, mask_id=7, seed=9)
+    xt = add_noise(x0.reshape(2, -1), sigma=sig, graph=graph, vocab_size=8, mask_id=7, seed=9)
     assert torch.equal(xt[0], x0.reshape(2, -1)[0])
     assert not torch.equal(xt[1], x0.reshape(2, -1)[1])
 
 
 def test_sigma_infinite_always_masks() -> None:
     x0 = torch.zeros(N, dtype=torch.int64)
-    xt = corrupt(x0, math.inf, graph="absorb", vocab_size=3, mask_id=2, seed=10)
+    xt = add_noise(x0, sigma=math.inf, graph="absorb", vocab_size=3, mask_id=2, seed=10)
     assert bool((xt == 2).all())
 
 
@@ -183,10 +183,19 @@ def test_noising_invariants(sigma: float, seed: int, offset: int, v: int, data) 
     shape = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 50)))
     x0 = torch.randint(0, v, shape, generator=torch.Generator().manual_seed(seed % 1000))
     fixed = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.5
-    a = corrupt(
-        x0, sigma, graph="absorb", vocab_size=v, mask_id=m, fixed=fixed, seed=seed, offset=offset
+    a = add_noise(
+        x0,
+        sigma=sigma,
+        graph="absorb",
+        vocab_size=v,
+        mask_id=m,
+        fixed=fixed,
+        seed=seed,
+        offset=offset,
     )
-    u = corrupt(x0, sigma, graph="uniform", vocab_size=v, fixed=fixed, seed=seed, offset=offset)
+    u = add_noise(
+        x0, sigma=sigma, graph="uniform", vocab_size=v, fixed=fixed, seed=seed, offset=offset
+    )
     assert a.shape == u.shape == shape
     assert bool(((a == x0) | (a == m)).all())
     assert bool(((u >= 0) & (u < v)).all())
@@ -196,9 +205,9 @@ def test_noising_invariants(sigma: float, seed: int, offset: int, v: int, data) 
     kept = (a == x0) & (x0 != m)
     assert torch.equal(u[kept], x0[kept])
     # keyed by the flat position: reshaping the batch does not change the draw
-    flat = corrupt(
+    flat = add_noise(
         x0.reshape(-1),
-        sigma,
+        sigma=sigma,
         graph="absorb",
         vocab_size=v,
         mask_id=m,
@@ -216,7 +225,7 @@ def test_noising_invariants(sigma: float, seed: int, offset: int, v: int, data) 
 
 def _draw(**kw):
     x0 = torch.zeros(4096, dtype=torch.int64)
-    return corrupt(x0, 0.7, graph="uniform", vocab_size=50, **kw)
+    return add_noise(x0, sigma=0.7, graph="uniform", vocab_size=50, **kw)
 
 
 def test_seed_offset_reproducibility() -> None:
@@ -250,36 +259,36 @@ def test_generator_is_used_and_advances() -> None:
 
 def test_int32_and_scalar_inputs() -> None:
     x0 = torch.arange(10, dtype=torch.int32)
-    xt = corrupt(x0, 100.0, graph="absorb", vocab_size=11, mask_id=10, seed=0)
+    xt = add_noise(x0, sigma=100.0, graph="absorb", vocab_size=11, mask_id=10, seed=0)
     assert xt.dtype == torch.int64 and bool((xt == 10).all())
-    s = corrupt(torch.tensor(3), 0.0, graph="uniform", vocab_size=5, seed=0)
+    s = add_noise(torch.tensor(3), sigma=0.0, graph="uniform", vocab_size=5, seed=0)
     assert s.shape == () and int(s) == 3
 
 
 def test_noising_validation() -> None:
     x0 = torch.tensor([[0, 1, 2]])
     with pytest.raises(ValueError, match="mask_id"):
-        corrupt(x0, 1.0, graph="absorb", vocab_size=4)
+        add_noise(x0, sigma=1.0, graph="absorb", vocab_size=4)
     with pytest.raises(ValueError, match="mask_id"):
-        corrupt(x0, 1.0, graph="absorb", vocab_size=4, mask_id=4)
+        add_noise(x0, sigma=1.0, graph="absorb", vocab_size=4, mask_id=4)
     with pytest.raises(ValueError, match="graph"):
-        corrupt(x0, 1.0, graph="masked", vocab_size=4, mask_id=3)
+        add_noise(x0, sigma=1.0, graph="masked", vocab_size=4, mask_id=3)
     with pytest.raises(ValueError, match="x0"):
-        corrupt(x0, 1.0, graph="uniform", vocab_size=2)
+        add_noise(x0, sigma=1.0, graph="uniform", vocab_size=2)
     with pytest.raises(ValueError, match="sigma"):
-        corrupt(x0, -0.5, graph="uniform", vocab_size=4)
+        add_noise(x0, sigma=-0.5, graph="uniform", vocab_size=4)
     with pytest.raises(ValueError, match="sigma"):
-        corrupt(x0, math.nan, graph="uniform", vocab_size=4)
+        add_noise(x0, sigma=math.nan, graph="uniform", vocab_size=4)
     with pytest.raises(ValueError, match="sigma"):
-        corrupt(x0, torch.tensor([0.5, 0.5]), graph="uniform", vocab_size=4)
+        add_noise(x0, sigma=torch.tensor([0.5, 0.5]), graph="uniform", vocab_size=4)
     with pytest.raises(ValueError, match="fixed"):
-        corrupt(x0, 1.0, graph="uniform", vocab_size=4, fixed=torch.tensor([True, False]))
+        add_noise(x0, sigma=1.0, graph="uniform", vocab_size=4, fixed=torch.tensor([True, False]))
     with pytest.raises(TypeError, match="fixed"):
-        corrupt(x0, 1.0, graph="uniform", vocab_size=4, fixed=torch.tensor([[1, 0, 0]]))
+        add_noise(x0, sigma=1.0, graph="uniform", vocab_size=4, fixed=torch.tensor([[1, 0, 0]]))
     with pytest.raises(TypeError, match="x0"):
-        corrupt(x0.float(), 1.0, graph="uniform", vocab_size=4)
+        add_noise(x0.float(), sigma=1.0, graph="uniform", vocab_size=4)
     with pytest.raises(TypeError, match="vocab_size"):
-        corrupt(x0, 1.0, graph="uniform", vocab_size=4.0)
+        add_noise(x0, sigma=1.0, graph="uniform", vocab_size=4.0)
     with pytest.raises(TypeError, match="seed"):
-        corrupt(x0, 1.0, graph="uniform", vocab_size=4, seed=1.5)
-    assert fastdiff.corrupt is corrupt
+        add_noise(x0, sigma=1.0, graph="uniform", vocab_size=4, seed=1.5)
+    assert fastdiff.add_noise is add_noise

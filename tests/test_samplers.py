@@ -219,7 +219,7 @@ def test_sedd_euler_uniform_is_close():
 def test_confidence_argmax_commits_the_mode():
     """Temperature 0: every position ends at ``argmax pi`` whatever the rule."""
     mode = PI_MASK.argmax(-1)
-    for opts in ({}, {"threshold": 0.9}, {"factor": 1.0}, {"block_size": 2}):
+    for opts in ({}, {"threshold": 0.9}, {"factor": 1.0}, {"block_length": 2}):
         out = sample(
             logits_denoiser(),
             (3, L),
@@ -265,7 +265,7 @@ def test_confidence_quota_and_blocks_commit_in_order():
             steps=4,
             vocab_size=V,
             mask_id=M,
-            block_size=2,
+            block_length=2,
             seed=0,
             loop="python",
         )
@@ -276,7 +276,7 @@ def test_confidence_quota_and_blocks_commit_in_order():
         steps=6,
         vocab_size=V,
         mask_id=M,
-        block_size=2,
+        block_length=2,
         seed=0,
         loop="python",
         return_trajectory=True,
@@ -488,20 +488,20 @@ def test_guidance():
     uncond = logits_denoiser(other / other.sum(-1, keepdim=True), calls=uncond_calls)
     kw = dict(method="mdlm", steps=6, vocab_size=V, mask_id=M, seed=21, loop="python")
     base = sample(cond, (64, L), **kw)
-    # w = 0: no guidance, the unconditional model is never called
-    assert torch.equal(sample(cond, (64, L), guidance_scale=0.0, uncond=uncond, **kw), base)
+    # s = 1: no guidance, the unconditional model is never called
+    assert torch.equal(sample(cond, (64, L), guidance_scale=1.0, uncond=uncond, **kw), base)
     assert uncond_calls == []
-    # identical conditional and unconditional models: no change, for any w
+    # identical conditional and unconditional models: no change, for any s
     same = sample(cond, (64, L), guidance_scale=2.5, uncond=logits_denoiser(PI_MASK), **kw)
     assert torch.equal(same, base)
-    # two calls == the logit combination u + (w + 1)(c - u) done by hand
-    w = 1.5
+    # two calls == the logit combination u + s (c - u) done by hand
+    w = 2.5
     guided = sample(cond, (64, L), guidance_scale=w, uncond=uncond, **kw)
     assert not torch.equal(guided, base)
 
     def by_hand(x, sigma):
         c, u = cond(x, sigma), uncond(x, sigma)
-        return fastdiff.guided_logits(c, u, w)
+        return fastdiff.classifier_free_guidance(c, u, guidance_scale=w)
 
     assert torch.equal(sample(by_hand, (64, L), **kw), guided)
 
@@ -543,9 +543,9 @@ SCHEDULERS = [
     ("mdlm", lambda: MDLMScheduler(V, mask_id=M), logits_denoiser(), {}),
     (
         "confidence",
-        lambda: ConfidenceScheduler(V, mask_id=M, temperature=1.0, block_size=2),
+        lambda: ConfidenceScheduler(V, mask_id=M, temperature=1.0, block_length=2),
         logits_denoiser(),
-        {"temperature": 1.0, "block_size": 2},
+        {"temperature": 1.0, "block_length": 2},
     ),
     (
         "d3pm",
@@ -669,7 +669,7 @@ def test_progress_callback_and_trajectory(capsys):
         (dict(shape=(2, L, 3)), ValueError, r"shape must be \(batch, length\)"),
         (dict(loop="fast"), ValueError, "loop must be one of"),
         (dict(temperature=1.0), TypeError, "unknown option"),
-        (dict(guidance_scale=1.0), ValueError, "needs uncond"),
+        (dict(guidance_scale=2.0), ValueError, "needs uncond"),
         (dict(guidance_scale=1.0, uncond="twice"), ValueError, "uncond must be"),
         (dict(graph="dense"), ValueError, "graph must be"),
     ],

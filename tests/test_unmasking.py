@@ -95,15 +95,15 @@ def test_quota_property(b, length, steps, seed):
         ({"steps": -2}, ValueError),
         ({"steps": 2.0}, ValueError),
         ({"steps": True}, ValueError),
-        ({"x": torch.full((6,), 3)}, ValueError),  # not [batch, length]
-        ({"x": torch.full((1, 2, 3), 3)}, ValueError),
-        ({"x": torch.full((2, 3), 3.0)}, TypeError),
+        ({"x_t": torch.full((6,), 3)}, ValueError),  # not [batch, length]
+        ({"x_t": torch.full((1, 2, 3), 3)}, ValueError),
+        ({"x_t": torch.full((2, 3), 3.0)}, TypeError),
         ({"fixed": torch.zeros(2, 3, dtype=torch.int64)}, TypeError),
         ({"fixed": torch.zeros(3, 2, dtype=torch.bool)}, ValueError),
     ],
 )
 def test_quota_bad_inputs(kwargs, exc):
-    args = {"x": torch.full((2, 3), 3), "mask_id": 3, "steps": 2, **kwargs}
+    args = {"x_t": torch.full((2, 3), 3), "mask_id": 3, "steps": 2, **kwargs}
     with pytest.raises(exc):
         unmask_quota(**args)
 
@@ -195,17 +195,17 @@ def test_block_size_hand_cases():
         [0.1, -INF, 0.99, 0.99, 0.99, 0.99, 0.99],  # block {0,1} has position 0
         [-INF] * 7,
     )
-    assert where(select_commits(c, k=1, block_size=2)) == [[3], [0], []]
-    assert where(select_commits(c, k=5, block_size=2)) == [[2, 3], [0], []]
-    assert where(select_commits(c, threshold=0.5, block_size=2)) == [[3], [0], []]
-    assert where(select_commits(c, threshold=0.5, block_size=4)) == [[3], [2, 3], []]
+    assert where(select_commits(c, k=1, block_length=2)) == [[3], [0], []]
+    assert where(select_commits(c, k=5, block_length=2)) == [[2, 3], [0], []]
+    assert where(select_commits(c, threshold=0.5, block_length=2)) == [[3], [0], []]
+    assert where(select_commits(c, threshold=0.5, block_length=4)) == [[3], [2, 3], []]
     # blocks of 3: row 0's active block {0,1,2} holds only position 2; row 1's holds 0 and 2
-    assert where(select_commits(c, factor=1.0, block_size=3)) == [[2], [2], []]
+    assert where(select_commits(c, factor=1.0, block_length=3)) == [[2], [2], []]
     # a ragged last block: blocks of 3 are {0,1,2}, {3,4,5}, {6}
     c2 = conf([-INF, -INF, -INF, -INF, -INF, -INF, 0.4])
-    assert where(select_commits(c2, k=2, block_size=3)) == [[6]]
-    # block_size >= length: a single block, no restriction
-    assert where(select_commits(c, k=2, block_size=100)) == where(select_commits(c, k=2))
+    assert where(select_commits(c2, k=2, block_length=3)) == [[6]]
+    # block_length >= length: a single block, no restriction
+    assert where(select_commits(c, k=2, block_length=100)) == where(select_commits(c, k=2))
     restricted = restrict_to_block(c, 2)
     assert restricted[0].tolist()[2:4] == pytest.approx([0.3, 0.9])
     assert bool(torch.all(restricted[0, 4:] == -INF))
@@ -222,7 +222,7 @@ def test_exactly_one_rule():
     with pytest.raises(ValueError):
         select_commits(c, k=1, threshold=0.5, factor=1.0)
     with pytest.raises(ValueError):
-        select_commits(c, block_size=2)
+        select_commits(c, block_length=2)
 
 
 @pytest.mark.parametrize(
@@ -238,9 +238,9 @@ def test_exactly_one_rule():
         ((torch.rand(2, 3),), {"factor": 0.0}, ValueError),
         ((torch.rand(2, 3),), {"factor": -1.0}, ValueError),
         ((torch.rand(2, 3),), {"factor": math.nan}, ValueError),
-        ((torch.rand(2, 3),), {"k": 1, "block_size": 0}, ValueError),
-        ((torch.rand(2, 3),), {"k": 1, "block_size": 2.0}, ValueError),
-        ((torch.rand(2, 3),), {"k": 1, "block_size": True}, ValueError),
+        ((torch.rand(2, 3),), {"k": 1, "block_length": 0}, ValueError),
+        ((torch.rand(2, 3),), {"k": 1, "block_length": 2.0}, ValueError),
+        ((torch.rand(2, 3),), {"k": 1, "block_length": True}, ValueError),
     ],
 )
 def test_select_commits_bad_inputs(args, kwargs, exc):
@@ -348,7 +348,7 @@ def test_factor_rule_property(c, factor):
 @FAST
 @given(c=confidences(), block=st.integers(1, 30), k=st.integers(1, 30))
 def test_block_rule_property(c, block, k):
-    out = select_commits(c, k=k, block_size=block)
+    out = select_commits(c, k=k, block_length=block)
     for i in range(c.shape[0]):
         row = c[i].double().tolist()
         eligible = [j for j, v in enumerate(row) if v > -INF]
@@ -439,7 +439,7 @@ def test_step_commits_the_argmax_of_the_most_confident_positions():
     assert confidence_unmask_step(logits, x, mask_id=m, k=2).tolist() == [[0, 3, 2, 2]]
     assert confidence_unmask_step(logits, x, mask_id=m, threshold=0.7).tolist() == [[0, 3, 2, 2]]
     assert confidence_unmask_step(logits, x, mask_id=m, k=3).tolist() == [[1, 3, 2, 2]]
-    assert confidence_unmask_step(logits, x, mask_id=m, k=1, block_size=1).tolist() == [
+    assert confidence_unmask_step(logits, x, mask_id=m, k=1, block_length=1).tolist() == [
         [1, 0, 2, 0]
     ]
     # sorted p(xhat) = 0.987, 0.787, 0.576 (e^5/(e^5+2), e^2/(e^2+2), e/(e+2)):
@@ -464,7 +464,7 @@ def test_semi_autoregressive_blocks_fill_left_to_right(rule, block):
         logits = torch.randn(*x.shape, vocab, generator=g) * 3
         before = x.clone()
         x = confidence_unmask_step(
-            logits, x, mask_id=m, block_size=block, fixed=fixed, seed=i, **rule
+            logits, x, mask_id=m, block_length=block, fixed=fixed, seed=i, **rule
         )
         changed = x != before
         blocks = torch.arange(length) // block
@@ -544,7 +544,7 @@ def test_commit_rules_trace_without_host_synchronization(rule) -> None:
     conf[0, :3] = -torch.inf
 
     def commits(c):
-        return select_commits(c, block_size=4, **rule)
+        return select_commits(c, block_length=4, **rule)
 
     compiled = torch.compile(commits, fullgraph=True, backend="aot_eager")
     with fastdiff.value_checks(False):

@@ -418,7 +418,7 @@ def test_mdlm_frequencies(m, sigma_t, sigma_s):
     # the logit at the mask column is large: it must be excluded from the softmax
     logits = [*MDLM_LOGITS[:m], 9.0, *MDLM_LOGITS[m + 1 :]]
     x = torch.full((N_DRAWS,), m)
-    out = mdlm_step(rows(logits), x, sigma_t=sigma_t, sigma_s=sigma_s, mask_id=m, seed=71 + m)
+    out = mdlm_step(rows(logits), x, sigma=sigma_t, sigma_next=sigma_s, mask_id=m, seed=71 + m)
     assert_frequencies(out, mdlm_probs(logits, m, sigma_t, sigma_s))
 
 
@@ -426,12 +426,12 @@ def test_mdlm_frequencies(m, sigma_t, sigma_s):
 def test_mdlm_last_step_unmasks_every_row(m):
     logits = torch.randn(N_DRAWS // 4, 5, generator=torch.Generator().manual_seed(m))
     x = torch.full((N_DRAWS // 4,), m)
-    out = mdlm_step(logits, x, sigma_t=0.3, sigma_s=0.0, mask_id=m, seed=3)
+    out = mdlm_step(logits, x, sigma=0.3, sigma_next=0.0, mask_id=m, seed=3)
     assert not bool((out == m).any())
     # sigma_s = 0: the row is a draw from p = softmax(logits, m excluded)
     same = [*MDLM_LOGITS[:m], 9.0, *MDLM_LOGITS[m + 1 :]]
     out = mdlm_step(
-        rows(same), torch.full((N_DRAWS,), m), sigma_t=0.3, sigma_s=0.0, mask_id=m, seed=4
+        rows(same), torch.full((N_DRAWS,), m), sigma=0.3, sigma_next=0.0, mask_id=m, seed=4
     )
     assert_frequencies(out, mdlm_probs(same, m, 0.3, 0.0))
 
@@ -441,7 +441,7 @@ def test_mdlm_unmasked_rows_carried_over():
     m = 2
     x = torch.randint(0, 5, (500,), generator=g)
     logits = torch.randn(500, 5, generator=g) * 5
-    out = mdlm_step(logits, x, sigma_t=1.0, sigma_s=0.0, mask_id=m, seed=9)
+    out = mdlm_step(logits, x, sigma=1.0, sigma_next=0.0, mask_id=m, seed=9)
     keep = x != m
     assert torch.equal(out[keep], x[keep])
     assert not bool((out == m).any())
@@ -455,11 +455,11 @@ def test_mdlm_per_position_sigma():
     x = torch.full((b, length), m)
     sig_t = torch.tensor([1.0, 2.0, 0.5])
     sig_s = torch.rand(b, length, generator=g) * 0.4
-    out = mdlm_step(logits, x, sigma_t=sig_t, sigma_s=sig_s, mask_id=m, seed=5)
+    out = mdlm_step(logits, x, sigma=sig_t, sigma_next=sig_s, mask_id=m, seed=5)
     for i in range(b):
         for j in (0, 17, length - 1):
             ref = mdlm_step(
-                logits, x, sigma_t=float(sig_t[i]), sigma_s=float(sig_s[i, j]), mask_id=m, seed=5
+                logits, x, sigma=float(sig_t[i]), sigma_next=float(sig_s[i, j]), mask_id=m, seed=5
             )
             assert out[i, j] == ref[i, j]
 
@@ -483,7 +483,7 @@ OPS = {
     ),
     "denoise_absorb": lambda s, x, **kw: sedd_denoise_step(s, x, sigma=1e-3, graph="absorb", **kw),
     "denoise_uniform": lambda s, x, **kw: sedd_denoise_step(s, x, sigma=0.5, graph="uniform", **kw),
-    "mdlm": lambda s, x, **kw: mdlm_step(s, x, sigma_t=1.0, sigma_s=0.4, **kw),
+    "mdlm": lambda s, x, **kw: mdlm_step(s, x, sigma=1.0, sigma_next=0.4, **kw),
     "candidates_t1": lambda s, x, **kw: unmask_candidates(s, x, temperature=1.0, **kw)[0],
 }
 ABSORBING = {"euler_absorb", "analytic_absorb", "denoise_absorb", "mdlm", "candidates_t1"}
@@ -744,7 +744,7 @@ def good_inputs():
 
 def call(op: str, **override):
     s, x = good_inputs()
-    kw = {"log_score": s, "x": x, "mask_id": 2, "seed": 0}
+    kw = {"model_output": s, "x_t": x, "mask_id": 2, "seed": 0}
     if op == "euler":
         kw.update(dsigma=1.0, dt=0.1, graph="absorb")
         fn = sedd_euler_step
@@ -755,16 +755,16 @@ def call(op: str, **override):
         kw.update(sigma=1e-3, graph="absorb")
         fn = sedd_denoise_step
     elif op == "mdlm":
-        kw.update(sigma_t=1.0, sigma_s=0.5)
-        kw["logits"] = kw.pop("log_score")
+        kw.update(sigma=1.0, sigma_next=0.5)
         fn = mdlm_step
     else:
         kw.update(temperature=0.0, confidence="prob")
-        kw["logits"] = kw.pop("log_score")
         fn = unmask_candidates
     for key, val in override.items():
         if key == "scores":
-            key = "logits" if "logits" in kw else "log_score"
+            key = "model_output"
+        if key == "x":
+            key = "x_t"
         if val is DROP:
             kw.pop(key, None)
         else:
@@ -865,11 +865,11 @@ BAD_SCALARS = [
     ("denoise", {"sigma": -1e-3}, ValueError),
     ("denoise", {"sigma": torch.tensor([1e-3, math.nan])}, ValueError),
     ("denoise", {"graph": None}, ValueError),
-    ("mdlm", {"sigma_s": 1.0}, ValueError),  # sigma_s == sigma_t
-    ("mdlm", {"sigma_s": 2.0}, ValueError),  # sigma_s > sigma_t
-    ("mdlm", {"sigma_s": torch.tensor([0.5, 1.2])}, ValueError),  # one sequence violates
-    ("mdlm", {"sigma_t": -1.0, "sigma_s": -2.0}, ValueError),
-    ("mdlm", {"sigma_s": math.nan}, ValueError),
+    ("mdlm", {"sigma_next": 1.0}, ValueError),  # sigma_s == sigma_t
+    ("mdlm", {"sigma_next": 2.0}, ValueError),  # sigma_s > sigma_t
+    ("mdlm", {"sigma_next": torch.tensor([0.5, 1.2])}, ValueError),  # one sequence violates
+    ("mdlm", {"sigma": -1.0, "sigma_next": -2.0}, ValueError),
+    ("mdlm", {"sigma_next": math.nan}, ValueError),
     ("candidates", {"confidence": "logprob"}, ValueError),
     ("candidates", {"confidence": None}, ValueError),
     ("candidates", {"temperature": -0.5}, ValueError),

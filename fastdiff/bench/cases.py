@@ -413,7 +413,8 @@ CASES: tuple[Case, ...] = (
         "score_entropy_absorb", "training", "fwd+bwd", SCORES, "score_entropy_absorb",
         make=_score_inputs,
         public=lambda d: fastdiff.score_entropy(
-            d["log_score"], d["x_t"], d["x0"], d["sigma"], graph="absorb", mask_id=d["mask_id"]),
+            d["log_score"], d["x_t"], d["x0"], sigma=d["sigma"], graph="absorb",
+            mask_id=d["mask_id"], reduction="none"),
         reference=ref_losses.score_entropy_absorb,
         reference_args=lambda d: (d["log_score"], d["x_t"], d["x0"], d["sigma"], d["mask_id"]),
         traffic=_absorb_loss_bytes,
@@ -425,7 +426,7 @@ CASES: tuple[Case, ...] = (
         "score_entropy_uniform", "training", "fwd+bwd", SCORES, "score_entropy_uniform",
         make=_uniform_inputs,
         public=lambda d: fastdiff.score_entropy(
-            d["log_score"], d["x_t"], d["x0"], d["sigma"], graph="uniform"),
+            d["log_score"], d["x_t"], d["x0"], sigma=d["sigma"], graph="uniform", reduction="none"),
         reference=ref_losses.score_entropy_uniform,
         reference_args=lambda d: (d["log_score"], d["x_t"], d["x0"], d["sigma"]),
         traffic=_uniform_loss_bytes,
@@ -437,7 +438,8 @@ CASES: tuple[Case, ...] = (
         "masked_diffusion_loss", "training", "fwd+bwd", SCORES, "masked_diffusion_loss",
         make=_logit_inputs,
         public=lambda d: fastdiff.masked_diffusion_loss(
-            d["logits"], d["x_t"], d["x0"], mask_id=d["mask_id"], weight=d["weight"]),
+            d["logits"], d["x_t"], d["x0"], mask_id=d["mask_id"], weight=d["weight"],
+            reduction="none"),
         reference=ref_losses.masked_diffusion_loss,
         reference_args=lambda d: (d["logits"], d["x_t"], d["x0"], d["mask_id"], d["weight"]),
         traffic=_absorb_loss_bytes,
@@ -450,8 +452,8 @@ CASES: tuple[Case, ...] = (
         "linear_score_entropy", "training", "fwd+bwd", LINEAR, "linear_score_entropy",
         make=_linear_inputs,
         public=lambda d: fastdiff.linear_score_entropy(
-            d["hidden"], d["projection"], d["x_t"], d["x0"], d["sigma"], graph="absorb",
-            mask_id=d["mask_id"]),
+            d["hidden"], d["projection"], d["x_t"], d["x0"], sigma=d["sigma"], graph="absorb",
+            mask_id=d["mask_id"], reduction="sum"),
         reference=ref_losses.linear_score_entropy,
         reference_args=lambda d: (d["hidden"], d["projection"], None, d["x_t"], d["x0"],
                                   d["sigma"], None, "absorb", d["mask_id"], None),
@@ -467,7 +469,7 @@ CASES: tuple[Case, ...] = (
         make=_linear_inputs,
         public=lambda d: fastdiff.linear_masked_diffusion_loss(
             d["hidden"], d["projection"], d["x_t"], d["x0"], mask_id=d["mask_id"],
-            weight=d["weight"]),
+            weight=d["weight"], reduction="sum"),
         reference=ref_losses.linear_masked_diffusion_loss,
         reference_args=lambda d: (d["hidden"], d["projection"], None, d["x_t"], d["x0"],
                                   d["mask_id"], d["weight"], None),
@@ -483,7 +485,8 @@ CASES: tuple[Case, ...] = (
         "concrete_score_matching_absorb",
         make=_score_inputs,
         public=lambda d: concrete_score_matching(
-            d["log_score"], d["x_t"], d["x0"], d["sigma"], graph="absorb", mask_id=d["mask_id"]),
+            d["log_score"], d["x_t"], d["x0"], sigma=d["sigma"], graph="absorb",
+            mask_id=d["mask_id"], reduction="none"),
         reference=ref_losses.concrete_score_matching_absorb,
         reference_args=lambda d: (d["log_score"], d["x_t"], d["x0"], d["sigma"], d["mask_id"]),
         traffic=_absorb_loss_bytes,
@@ -496,7 +499,7 @@ CASES: tuple[Case, ...] = (
         "concrete_score_matching_uniform",
         make=_uniform_inputs,
         public=lambda d: concrete_score_matching(
-            d["log_score"], d["x_t"], d["x0"], d["sigma"], graph="uniform"),
+            d["log_score"], d["x_t"], d["x0"], sigma=d["sigma"], graph="uniform", reduction="none"),
         reference=ref_losses.concrete_score_matching_uniform,
         reference_args=lambda d: (d["log_score"], d["x_t"], d["x0"], d["sigma"]),
         traffic=_uniform_loss_bytes,
@@ -508,8 +511,8 @@ CASES: tuple[Case, ...] = (
     Case(
         "corrupt_absorb", "noising", "fwd", SCORES, "corrupt",
         make=lambda shape, dtype, device, gen: _tokens(shape, device, gen),
-        public=lambda d: fastdiff.corrupt(
-            d["x0"], d["sigma"], graph="absorb", vocab_size=d["vocab"], mask_id=d["mask_id"],
+        public=lambda d: fastdiff.add_noise(
+            d["x0"], sigma=d["sigma"], graph="absorb", vocab_size=d["vocab"], mask_id=d["mask_id"],
             seed=0),
         reference=ref_noising.corrupt,
         reference_args=lambda d: (d["x0"], d["sigma"], None, 0, 0, "absorb", d["vocab"],
@@ -522,7 +525,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "corrupt_dense", "noising", "fwd", DENSE, "corrupt_dense",
         make=_dense_inputs,
-        public=lambda d: fastdiff.corrupt_dense(d["x0"], d["transition"], seed=0),
+        public=lambda d: fastdiff.add_noise_dense(d["x0"], d["transition"], seed=0),
         reference=ref_noising.corrupt_dense,
         reference_args=lambda d: (d["x0"], d["transition"], None, None, 0, 0),
         traffic=lambda s, e: s.n * s.v * e + 2 * s.n * TOKEN,
@@ -597,7 +600,7 @@ CASES: tuple[Case, ...] = (
         "mdlm_step", "sampling", "fwd", SCORES, "mdlm_ancestral",
         make=lambda shape, dtype, device, gen: _step_inputs(shape, dtype, device, gen, True),
         public=lambda d: fastdiff.mdlm_step(
-            d["logits"], d["x_t"], sigma_t=d["sig_now"], sigma_s=d["sig_next"],
+            d["logits"], d["x_t"], sigma=d["sig_now"], sigma_next=d["sig_next"],
             mask_id=d["mask_id"], seed=0),
         reference=ref_updates.mdlm_ancestral,
         reference_args=lambda d: (d["logits"], d["x_t"], d["sig_now64"], d["sig_next64"], None,
@@ -621,7 +624,7 @@ CASES: tuple[Case, ...] = (
         "d3pm_step", "sampling", "fwd", DENSE, "d3pm_step",
         make=_posterior_inputs,
         public=lambda d: fastdiff.d3pm_step(
-            d["logits"], d["x_t"], q_step=d["q_step"], qbar_prev=d["qbar_prev"], seed=0),
+            d["logits"], d["x_t"], q_step=d["q_step"], qbar_next=d["qbar_prev"], seed=0),
         reference=ref_d3pm.d3pm_step,
         reference_args=lambda d: (d["logits"], d["x_t"], d["q_step"], d["qbar_prev"], None, 0,
                                   0),
@@ -634,7 +637,8 @@ CASES: tuple[Case, ...] = (
     Case(
         "q_sample", "gaussian", "fwd", GATHER, "q_sample",
         make=_gather_inputs,
-        public=lambda d: fastdiff.q_sample(d["ids"], d["abar"], embedding=d["embedding"], seed=0),
+        public=lambda d: fastdiff.add_noise_gaussian(
+            d["ids"], alpha_bar=d["abar"], embedding=d["embedding"], seed=0),
         reference=ref_gaussian.q_sample,
         reference_args=lambda d: (d["ids"], d["abar64"], None, d["embedding"], None, 0, 0),
         traffic=lambda s, e: 4 * s.n * s.h * e + s.n * (TOKEN + SCALAR),
@@ -646,7 +650,7 @@ CASES: tuple[Case, ...] = (
         "ddpm_step", "gaussian", "fwd", STATE, "ddpm_step",
         make=_state_inputs,
         public=lambda d: fastdiff.ddpm_step(
-            d["eps"], d["x_t"], abar=d["abar"], abar_prev=d["abar_prev"], seed=0),
+            d["eps"], d["x_t"], alpha_bar=d["abar"], alpha_bar_next=d["abar_prev"], seed=0),
         reference=ref_gaussian.ddpm_step,
         reference_args=lambda d: (d["eps"], d["x_t"], d["abar64"], d["abar_prev64"], "eps",
                                   "beta", None, None, None, None, 0, 0),
@@ -659,7 +663,8 @@ CASES: tuple[Case, ...] = (
         "ddim_step", "gaussian", "fwd", STATE, "ddim_step",
         make=_state_inputs,
         public=lambda d: fastdiff.ddim_step(
-            d["eps"], d["x_t"], abar=d["abar"], abar_prev=d["abar_prev"], eta=0.0, seed=0),
+            d["eps"], d["x_t"], alpha_bar=d["abar"], alpha_bar_next=d["abar_prev"], eta=0.0,
+            seed=0),
         reference=ref_gaussian.ddim_step,
         reference_args=lambda d: (d["eps"], d["x_t"], d["abar64"], d["abar_prev64"], d["eta64"],
                                   "eps", None, None, None, None, 0, 0),
@@ -671,7 +676,8 @@ CASES: tuple[Case, ...] = (
     Case(
         "gaussian_loss", "gaussian", "fwd+bwd", STATE, "gaussian_loss",
         make=_gaussian_loss_inputs,
-        public=lambda d: fastdiff.gaussian_loss(d["pred"], d["target"], weight=d["weight"]),
+        public=lambda d: fastdiff.gaussian_loss(
+            d["pred"], d["target"], weight=d["weight"], reduction="none"),
         reference=ref_gaussian.gaussian_loss,
         reference_args=lambda d: (d["pred"], d["target"], d["weight"]),
         traffic=lambda s, e: 3 * s.n * s.h * e + 3 * s.n * SCALAR,

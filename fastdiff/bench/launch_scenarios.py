@@ -78,7 +78,12 @@ def _losses(dtype: torch.dtype, vocab: int) -> Callable[[], None]:
                         weight=weight,
                     )
             fastdiff.masked_diffusion_loss(
-                _scores(dtype, vocab, grad), _tokens(), _tokens(), mask_id=mask, weight=weight
+                _scores(dtype, vocab, grad),
+                _tokens(),
+                _tokens(),
+                mask_id=mask,
+                weight=weight,
+                reduction="none",
             )
 
     return run
@@ -96,10 +101,18 @@ def _linear_losses(dtype: torch.dtype) -> Callable[[], None]:
         sigma = torch.full((rows,), 0.5)
         for graph in ("absorb", "uniform"):
             fastdiff.linear_score_entropy(
-                hidden, projection, x_t, x0, sigma, graph=graph, mask_id=mask, weight=sigma
+                hidden,
+                projection,
+                x_t,
+                x0,
+                sigma=sigma,
+                graph=graph,
+                mask_id=mask,
+                weight=sigma,
+                reduction="sum",
             )
         fastdiff.linear_masked_diffusion_loss(
-            hidden, projection, x_t, x0, mask_id=mask, weight=sigma
+            hidden, projection, x_t, x0, mask_id=mask, weight=sigma, reduction="sum"
         )
 
     return run
@@ -123,8 +136,14 @@ for _dtype in DTYPES:
 def _noising(dtype: torch.dtype) -> None:
     for graph in ("absorb", "uniform"):
         for fixed in (None, _fixed()):
-            fastdiff.corrupt(
-                _tokens(), _per_row(), graph=graph, vocab_size=V, mask_id=V - 1, fixed=fixed, seed=1
+            fastdiff.add_noise(
+                _tokens(),
+                sigma=_per_row(),
+                graph=graph,
+                vocab_size=V,
+                mask_id=V - 1,
+                fixed=fixed,
+                seed=1,
             )
     shared = torch.empty(V_DENSE, V_DENSE, dtype=dtype)
     batched = torch.empty(16, V_DENSE, V_DENSE // 16, dtype=dtype)[:, :, :1].expand(
@@ -132,8 +151,8 @@ def _noising(dtype: torch.dtype) -> None:
     )  # one matrix per sequence, stored without 16 x V^2 memory
     x0 = torch.zeros(16, SEQ, dtype=torch.int64)
     for fixed in (None, torch.zeros(16, SEQ, dtype=torch.bool)):
-        fastdiff.corrupt_dense(x0, shared, fixed=fixed, seed=1)
-        fastdiff.corrupt_dense(x0, batched, fixed=fixed, seed=1)
+        fastdiff.add_noise_dense(x0, shared, fixed=fixed, seed=1)
+        fastdiff.add_noise_dense(x0, batched, fixed=fixed, seed=1)
 
 
 for _dtype in DTYPES:
@@ -196,7 +215,7 @@ def _updates(dtype: torch.dtype, vocab: int) -> None:
         )
         fastdiff.sedd_denoise_step(s, x, sigma=0.01, graph=graph, mask_id=mask, fixed=fixed, seed=1)
     for fixed in (None, _fixed()):
-        fastdiff.mdlm_step(s, x, sigma_t=1.0, sigma_s=0.9, mask_id=mask, fixed=fixed, seed=1)
+        fastdiff.mdlm_step(s, x, sigma=1.0, sigma_next=0.9, mask_id=mask, fixed=fixed, seed=1)
     batch = s.view(N // SEQ, SEQ, vocab)
     for confidence in ("prob", "margin", "entropy"):
         for temperature in (0.0, 1.0):
@@ -220,7 +239,7 @@ def _d3pm(dtype: torch.dtype) -> None:
     x = torch.zeros(rows, dtype=torch.int64)
     logits = torch.empty(rows, V_DENSE, dtype=dtype)
     for fixed in (None, torch.zeros(rows, dtype=torch.bool)):
-        fastdiff.d3pm_step(logits, x, q_step=q, qbar_prev=q, fixed=fixed, seed=1)
+        fastdiff.d3pm_step(logits, x, q_step=q, qbar_next=q, fixed=fixed, seed=1)
 
 
 for _dtype in DTYPES:
@@ -243,14 +262,20 @@ def _gaussian(dtype: torch.dtype) -> None:
     abar = _per_row()
     given = torch.empty(N, H, dtype=dtype)
     for noise, fixed in ((None, None), (given, _fixed())):
-        fastdiff.q_sample(ids, abar, embedding=table, noise=noise, fixed=fixed, seed=1)
+        fastdiff.add_noise_gaussian(
+            ids, alpha_bar=abar, embedding=table, noise=noise, fixed=fixed, seed=1
+        )
     for noise, fixed in ((None, _fixed()), (given, None)):
-        fastdiff.q_sample(x0, abar, noise=noise, fixed=fixed, seed=1)
+        fastdiff.add_noise_gaussian(x0, alpha_bar=abar, noise=noise, fixed=fixed, seed=1)
     pred = torch.empty(N, H, dtype=dtype, requires_grad=True)
     for weight in (None, abar):
-        loss = fastdiff.gaussian_loss(pred, torch.empty(N, H, dtype=dtype), weight=weight)
+        loss = fastdiff.gaussian_loss(
+            pred, torch.empty(N, H, dtype=dtype), weight=weight, reduction="none"
+        )
         loss.sum().backward()
-        fastdiff.gaussian_loss(pred.detach(), torch.empty(N, H, dtype=dtype), weight=weight)
+        fastdiff.gaussian_loss(
+            pred.detach(), torch.empty(N, H, dtype=dtype), weight=weight, reduction="none"
+        )
     out, x_t = torch.empty(N, H, dtype=dtype), torch.empty(N, H, dtype=dtype)
     uncond = torch.empty(N, H, dtype=dtype)
     # A covering set of the step flags: every value of each (prediction, variance / eta,
@@ -265,8 +290,8 @@ def _gaussian(dtype: torch.dtype) -> None:
         fastdiff.ddpm_step(
             out,
             x_t,
-            abar=abar,
-            abar_prev=abar,
+            alpha_bar=abar,
+            alpha_bar_next=abar,
             prediction=prediction,
             variance=variance,
             noise=noise,
@@ -277,8 +302,8 @@ def _gaussian(dtype: torch.dtype) -> None:
         fastdiff.ddim_step(
             out,
             x_t,
-            abar=abar,
-            abar_prev=abar,
+            alpha_bar=abar,
+            alpha_bar_next=abar,
             eta=eta,
             prediction=prediction,
             noise=noise,

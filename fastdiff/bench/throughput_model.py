@@ -120,7 +120,14 @@ def _rows() -> list[Row]:
             "score_entropy absorb fwd+bwd",
             "_absorb_kernel",
             lambda: fastdiff.score_entropy(
-                _scores(True), _tok(m), _tok(), _rowf(), graph="absorb", mask_id=m, weight=_rowf()
+                _scores(True),
+                _tok(m),
+                _tok(),
+                sigma=_rowf(),
+                graph="absorb",
+                mask_id=m,
+                weight=_rowf(),
+                reduction="none",
             ),
             2 * E,
             loss,
@@ -129,7 +136,13 @@ def _rows() -> list[Row]:
             "score_entropy uniform fwd+bwd",
             "_uniform_kernel",
             lambda: fastdiff.score_entropy(
-                _scores(True), _tok(), _tok(1), _rowf(), graph="uniform", weight=_rowf()
+                _scores(True),
+                _tok(),
+                _tok(1),
+                sigma=_rowf(),
+                graph="uniform",
+                weight=_rowf(),
+                reduction="none",
             ),
             2 * E,
             "score read, gradient written",
@@ -138,7 +151,7 @@ def _rows() -> list[Row]:
             "masked_diffusion_loss fwd+bwd",
             "_mdlm_kernel",
             lambda: fastdiff.masked_diffusion_loss(
-                _scores(True), _tok(m), _tok(), mask_id=m, weight=_rowf()
+                _scores(True), _tok(m), _tok(), mask_id=m, weight=_rowf(), reduction="none"
             ),
             2 * E,
             loss,
@@ -147,7 +160,13 @@ def _rows() -> list[Row]:
             "concrete_score_matching absorb",
             "_csm_absorb_kernel",
             lambda: fastdiff.concrete_score_matching(
-                _scores(True), _tok(m), _tok(), _rowf(), graph="absorb", mask_id=m
+                _scores(True),
+                _tok(m),
+                _tok(),
+                sigma=_rowf(),
+                graph="absorb",
+                mask_id=m,
+                reduction="none",
             ),
             2 * E,
             loss,
@@ -155,8 +174,8 @@ def _rows() -> list[Row]:
         Row(
             "corrupt absorb (per token)",
             "_corrupt_kernel",
-            lambda: fastdiff.corrupt(
-                _tok(), _rowf(), graph="absorb", vocab_size=V, mask_id=m, seed=1
+            lambda: fastdiff.add_noise(
+                _tok(), sigma=_rowf(), graph="absorb", vocab_size=V, mask_id=m, seed=1
             ),
             20,
             "x0 (8 B) and sigma (4 B) read, x_t (8 B) written",
@@ -164,7 +183,7 @@ def _rows() -> list[Row]:
         Row(
             "corrupt_dense (V = 4096)",
             "_dense_race_kernel",
-            lambda: fastdiff.corrupt_dense(
+            lambda: fastdiff.add_noise_dense(
                 torch.zeros(16, 1024, dtype=torch.int64),
                 torch.empty(4096, 4096, dtype=DTYPE),
                 seed=1,
@@ -225,7 +244,7 @@ def _rows() -> list[Row]:
             "mdlm_step",
             "_update_kernel",
             lambda: fastdiff.mdlm_step(
-                _scores(), _tok(m), sigma_t=1.0, sigma_s=0.9, mask_id=m, seed=1
+                _scores(), _tok(m), sigma=1.0, sigma_next=0.9, mask_id=m, seed=1
             ),
             E,
             read,
@@ -259,8 +278,8 @@ def _rows() -> list[Row]:
         Row(
             "q_sample (token ids, noise drawn)",
             "_q_sample_kernel",
-            lambda: fastdiff.q_sample(
-                _tok(), _rowf(), embedding=torch.empty(V, H, dtype=DTYPE), seed=1
+            lambda: fastdiff.add_noise_gaussian(
+                _tok(), alpha_bar=_rowf(), embedding=torch.empty(V, H, dtype=DTYPE), seed=1
             ),
             4 * E,
             "E[x0] read; x_t, noise, x0 written",
@@ -269,7 +288,7 @@ def _rows() -> list[Row]:
         Row(
             "gaussian_loss fwd",
             "_loss_kernel",
-            lambda: fastdiff.gaussian_loss(_state(), _state()),
+            lambda: fastdiff.gaussian_loss(_state(), _state(), reduction="none"),
             2 * E,
             "prediction and target read",
             row_length=H,
@@ -278,7 +297,7 @@ def _rows() -> list[Row]:
             "ddpm_step (noise drawn)",
             "_step_kernel",
             lambda: fastdiff.ddpm_step(
-                _state(), _state(), abar=_rowf(), abar_prev=_rowf(0.6), seed=1
+                _state(), _state(), alpha_bar=_rowf(), alpha_bar_next=_rowf(0.6), seed=1
             ),
             3 * E,
             "model output and x_t read, x' written",
@@ -290,8 +309,8 @@ def _rows() -> list[Row]:
             lambda: fastdiff.ddim_step(
                 _state(),
                 _state(),
-                abar=_rowf(),
-                abar_prev=_rowf(0.6),
+                alpha_bar=_rowf(),
+                alpha_bar_next=_rowf(0.6),
                 model_output_uncond=_state(),
                 guidance_scale=2.0,
             ),

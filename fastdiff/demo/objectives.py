@@ -47,8 +47,13 @@ class Objective:
 
     def corrupt(self, x0: Tensor, sigma: Tensor, seed: int) -> Tensor:
         """``x_t ~ q(x_t | x0)`` for ``x0 [B, L]``, ``sigma [B]``."""
-        return fastdiff.corrupt(
-            x0, sigma, graph=self.graph, vocab_size=self.vocab_size, mask_id=self.mask_id, seed=seed
+        return fastdiff.add_noise(
+            x0,
+            sigma=sigma,
+            graph=self.graph,
+            vocab_size=self.vocab_size,
+            mask_id=self.mask_id,
+            seed=seed,
         )
 
     def loss(self, model: nn.Module, x0: Tensor, t: Tensor, seed: int) -> Tensor:
@@ -75,12 +80,12 @@ class Objective:
         if self.name == "uniform":
             hidden = model(x_t, sigma, hidden_only=True)
             return fastdiff.linear_score_entropy(
-                hidden, head.weight, x_t, x0, sigma, bias=head.bias, graph="uniform",
+                hidden, head.weight, x_t, x0, sigma=sigma, bias=head.bias, graph="uniform",
                 weight=dsigma, reduction="mean",
             )  # fmt: skip
-        log_score = fastdiff.scale_by_sigma(model(x_t, sigma), sigma)
+        log_score = fastdiff.scale_by_sigma(model(x_t, sigma), sigma=sigma)
         return fastdiff.score_entropy(
-            log_score, x_t, x0, sigma, graph="absorb", mask_id=self.mask_id, weight=dsigma,
+            log_score, x_t, x0, sigma=sigma, graph="absorb", mask_id=self.mask_id, weight=dsigma,
             reduction="mean",
         )  # fmt: skip
 
@@ -88,7 +93,7 @@ class Objective:
         """``(x_t [B, L], sigma [B]) -> [B, L, V]``: logits (``masked``) or log-scores (SEDD),
         the model output that :func:`fastdiff.samplers.sample` expects."""
         if self.name == "absorb":
-            return lambda x, sigma: fastdiff.scale_by_sigma(model(x, sigma), sigma)
+            return lambda x, sigma: fastdiff.scale_by_sigma(model(x, sigma), sigma=sigma)
         return lambda x, sigma: model(x, sigma)
 
 
@@ -140,7 +145,8 @@ def likelihood_bound(
     bound = perplexity_bound(
         objective.denoiser(model),
         batches,
-        objective=objective.name,
+        objective="mdlm" if objective.name == "masked" else "sedd",
+        graph=objective.graph,
         schedule=objective.schedule,
         vocab_size=objective.vocab_size,
         mask_id=objective.mask_id,

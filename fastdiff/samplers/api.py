@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdiff.gaussian import classifier_free_guidance, guided_logits
+from fastdiff.gaussian import classifier_free_guidance
 from fastdiff.samplers.base import Scheduler, check_steps, resolve_run_seed
 from fastdiff.samplers.confidence import ConfidenceScheduler
 from fastdiff.samplers.discrete import (
@@ -67,7 +67,7 @@ def make_scheduler(
     """The scheduler of ``method`` (one of :data:`METHODS`) with its method options.
 
     sedd_euler / sedd_analytic: ``eps`` (last time, 1e-5), ``denoise`` (final denoise, True);
-    confidence: ``threshold`` / ``factor`` / ``block_size`` / ``temperature`` / ``confidence``;
+    confidence: ``threshold`` / ``factor`` / ``block_length`` / ``temperature`` / ``confidence``;
     ddpm: ``prediction`` / ``variance``; ddim: ``prediction`` / ``eta``; mdlm, d3pm: none.
     ``schedule``: a :class:`~fastdiff.schedules.NoiseSchedule` (SEDD / MDLM / confidence,
     default ``LogLinear()``), a :class:`~fastdiff.transitions.TransitionSchedule` (d3pm,
@@ -111,7 +111,7 @@ def build_loop(
     schedule=None,
     init: torch.Tensor | None = None,
     fixed: torch.Tensor | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     cache: bool = False,
     device: torch.device | str | None = None,
@@ -147,12 +147,10 @@ def build_loop(
     return x, loop
 
 
-def guided_denoiser(
-    denoiser: Callable, uncond, guidance_scale: float, *, continuous: bool
-) -> Callable:
-    """The denoiser with classifier-free guidance ``out = u + (w + 1)(c - u)`` (ops.md 4e; logit
-    / log-score space for discrete models, eps / x0 space for Gaussian ones), ``w =
-    guidance_scale``:
+def guided_denoiser(denoiser: Callable, uncond, guidance_scale: float) -> Callable:
+    """The denoiser with classifier-free guidance ``out = u + s (c - u)`` (ops.md 4e; logit /
+    log-score space for discrete models, eps / x0 space for Gaussian ones), ``s =
+    guidance_scale`` in diffusers' convention (1 = no guidance):
 
     - ``uncond`` a callable: a second (unconditional) denoiser with the same signature; two
       calls per step, ``c = denoiser(x, t)``, ``u = uncond(x, t)``;
@@ -161,7 +159,7 @@ def guided_denoiser(
       first ``B`` rows (conditional) and False for the last ``B`` (unconditional); ``c`` and
       ``u`` are the two halves of the output.
 
-    ``w = 0`` returns ``denoiser`` itself (no unconditional call). Entries equal in ``c`` and
+    ``s = 1`` returns ``denoiser`` itself (no unconditional call). Entries equal in ``c`` and
     ``u`` are returned unchanged, so an ``uncond`` identical to ``denoiser`` changes nothing.
     """
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
@@ -171,24 +169,23 @@ def guided_denoiser(
     batch = isinstance(uncond, str) and uncond == "batch"
     if uncond is not None and not (batch or callable(uncond)):
         raise ValueError(f"uncond must be a denoiser (callable) or 'batch', got {uncond!r}")
-    if guidance_scale == 0.0:
+    if guidance_scale == 1.0:
         return denoiser
     if uncond is None:
-        raise ValueError("guidance_scale != 0 needs uncond (a denoiser or 'batch')")
-    combine = classifier_free_guidance if continuous else guided_logits
-    w = float(guidance_scale)
+        raise ValueError("guidance_scale != 1 needs uncond (a denoiser or 'batch')")
+    s = float(guidance_scale)
     if batch:
 
         def doubled(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             b = x.shape[0]
             flag = torch.arange(2 * b, device=x.device) < b
             out = denoiser(torch.cat([x, x]), torch.cat([t, t]), cond=flag)
-            return combine(out[:b], out[b:], w)
+            return classifier_free_guidance(out[:b], out[b:], guidance_scale=s)
 
         return doubled
 
     def pair(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return combine(denoiser(x, t), uncond(x, t), w)
+        return classifier_free_guidance(denoiser(x, t), uncond(x, t), guidance_scale=s)
 
     return pair
 
@@ -205,7 +202,7 @@ def sample(
     schedule=None,
     init=None,
     fixed=None,
-    guidance_scale: float = 0.0,
+    guidance_scale: float = 1.0,
     uncond=None,
     seed=None,
     generator=None,
@@ -271,7 +268,7 @@ def sample(
         raise TypeError(f"check_every must be an int, got {type(check_every).__name__}")
     if check_every < 1:
         raise ValueError(f"check_every must be >= 1, got {check_every}")
-    model = guided_denoiser(denoiser, uncond, guidance_scale, continuous=method in GAUSSIAN_METHODS)
+    model = guided_denoiser(denoiser, uncond, guidance_scale)
     x, step_loop = build_loop(
         method,
         shape,

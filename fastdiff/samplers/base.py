@@ -107,15 +107,12 @@ class SchedulerOutput:
 
 
 def resolve_run_seed(
-    seed: int | None, generator: torch.Generator | None, device: torch.device
+    seed: int | torch.Tensor | None, generator: torch.Generator | None, device: torch.device
 ) -> int:
-    """The run's seed: ``seed`` itself, or one 63-bit draw from ``generator`` (or the default
-    generator of ``device``), read to the host once."""
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        return seed
-    return int(frandom.resolve_seed(None, generator, device))
+    """The run's seed: ``seed`` itself (an int, or a one-value int32 / int64 tensor as the ops
+    take), or one 63-bit draw from ``generator`` (or the default generator of ``device``); read
+    to the host once."""
+    return int(frandom.resolve_seed(seed, generator, device))
 
 
 def check_steps(steps: int) -> int:

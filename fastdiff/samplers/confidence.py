@@ -7,13 +7,13 @@ confidence) and commits some of them (:func:`fastdiff.unmasking.select_commits`)
 - quota (default): at step ``i`` of ``S``, ``k = ceil(R / (S - i))`` where ``R`` is the number
   of masked positions left; this is exactly LLaDA's schedule ``M // S`` per step with the
   remainder ``M % S`` given to the first steps, and it unmasks everything by the last step.
-  With ``block_size`` (semi-autoregressive, LLaDA), the ``n_blocks = ceil(L / block_size)``
+  With ``block_length`` (semi-autoregressive, LLaDA), the ``n_blocks = ceil(L / block_length)``
   blocks get ``S / n_blocks`` steps each (``S`` must be a multiple), left to right, and the
   quota is computed within the current block;
 - ``threshold``: every position with confidence >= threshold, at least the best one;
 - ``factor``: the largest ``n`` with ``c_(n) >= 1 - factor / (n + 1)``, at least one.
   With these two rules ``steps`` is an upper bound (the loop stops once nothing is masked),
-  ``block_size`` restricts commits to the leftmost block with masked positions, and the last
+  ``block_length`` restricts commits to the leftmost block with masked positions, and the last
   step commits every position still masked.
 
 The denoiser returns logits ``[B, L, V]``; it receives ``sigma(t_i)`` of the schedule (default
@@ -41,7 +41,7 @@ from fastdiff.updates import CONFIDENCES, unmask_candidates
 class ConfidenceScheduler(MDLMScheduler):
     """Confidence unmasking with the quota, threshold or factor rule (module docstring)."""
 
-    OPTIONS = ("threshold", "factor", "block_size", "temperature", "confidence")
+    OPTIONS = ("threshold", "factor", "block_length", "temperature", "confidence")
 
     def __init__(
         self,
@@ -51,7 +51,7 @@ class ConfidenceScheduler(MDLMScheduler):
         schedule: NoiseSchedule | None = None,
         threshold: float | None = None,
         factor: float | None = None,
-        block_size: int | None = None,
+        block_length: int | None = None,
         temperature: float = 0.0,
         confidence: str = "prob",
     ) -> None:
@@ -63,13 +63,13 @@ class ConfidenceScheduler(MDLMScheduler):
                 raise TypeError(f"{name} must be a number, got {type(v).__name__}")
         if factor is not None and not factor > 0:
             raise ValueError(f"factor must be > 0, got {factor!r}")
-        if block_size is not None and (
-            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        if block_length is not None and (
+            isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1
         ):
-            raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+            raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
-        self.threshold, self.factor, self.block_size = threshold, factor, block_size
+        self.threshold, self.factor, self.block_length = threshold, factor, block_length
         self.temperature = checks.temperature(temperature)
         self.confidence = confidence
 
@@ -89,13 +89,13 @@ class ConfidenceScheduler(MDLMScheduler):
         self._set(sigma[:-1])
 
     def _check_blocks(self, length: int) -> None:
-        if self.block_size is None or self.threshold is not None or self.factor is not None:
+        if self.block_length is None or self.threshold is not None or self.factor is not None:
             return
-        blocks = -(-length // self.block_size)
+        blocks = -(-length // self.block_length)
         if self.num_inference_steps % blocks:
             raise ValueError(
                 f"steps ({self.num_inference_steps}) must be a multiple of the number of "
-                f"blocks ({blocks} blocks of {self.block_size} in length {length})"
+                f"blocks ({blocks} blocks of {self.block_length} in length {length})"
             )
 
     def commits(
@@ -114,9 +114,9 @@ class ConfidenceScheduler(MDLMScheduler):
             if fixed is not None:
                 masked &= ~fixed
             left = steps - i
-            if self.block_size is not None:
-                per_block = steps // -(-length // self.block_size)
-                block = torch.arange(length, device=x.device) // self.block_size
+            if self.block_length is not None:
+                per_block = steps // -(-length // self.block_length)
+                block = torch.arange(length, device=x.device) // self.block_length
                 inside = block == i // per_block
                 masked &= inside
                 conf = torch.where(inside, conf, torch.full_like(conf, -torch.inf))
@@ -124,7 +124,7 @@ class ConfidenceScheduler(MDLMScheduler):
             remaining = masked.sum(-1)
             return select_commits(conf, k=(remaining + left - 1) // left)
         rule = select_commits(
-            conf, threshold=self.threshold, factor=self.factor, block_size=self.block_size
+            conf, threshold=self.threshold, factor=self.factor, block_length=self.block_length
         )
         last = i == steps - 1
         if isinstance(last, torch.Tensor):

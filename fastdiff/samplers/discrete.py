@@ -33,7 +33,7 @@ import torch
 from fastdiff import backend, checks
 from fastdiff import random as frandom
 from fastdiff.d3pm import d3pm_step
-from fastdiff.noising import corrupt, corrupt_dense
+from fastdiff.noising import add_noise, add_noise_dense
 from fastdiff.reference import d3pm as ref_d3pm
 from fastdiff.reference import updates as ref
 from fastdiff.samplers.base import (
@@ -151,9 +151,9 @@ class _NoiseScheduleMixin(TokenScheduler):
         keyed by ``seed`` / ``generator``)."""
         if noise is not None:
             raise ValueError("discrete noising draws its own randomness: pass noise=None")
-        return corrupt(
+        return add_noise(
             original,
-            timesteps,
+            sigma=timesteps,
             graph=self.graph,
             vocab_size=self.vocab_size,
             mask_id=self.mask_id,
@@ -331,8 +331,8 @@ class MDLMScheduler(_NoiseScheduleMixin):
         out = mdlm_step(
             model_output,
             sample,
-            sigma_t=self._sigma[i],
-            sigma_s=self._sigma[i + 1],
+            sigma=self._sigma[i],
+            sigma_next=self._sigma[i + 1],
             mask_id=self.mask_id,
             fixed=fixed,
             seed=step_seed(i, seed, generator, sample.device),
@@ -423,7 +423,7 @@ class D3PMScheduler(TokenScheduler):
         else:
             t = round(float(timesteps))
         qbar = self.transitions.cumulative(t).to(original.device)
-        return corrupt_dense(original, qbar, fixed=fixed, generator=generator, seed=seed)
+        return add_noise_dense(original, qbar, fixed=fixed, generator=generator, seed=seed)
 
     def step(self, model_output, timestep, sample, *, seed=None, generator=None, fixed=None):
         """One reverse segment from ``timestep`` (= ``t``) to the next grid time."""
@@ -433,7 +433,7 @@ class D3PMScheduler(TokenScheduler):
             model_output,
             sample,
             q_step=self._q[i].to(dev),
-            qbar_prev=self._qbar[i].to(dev),
+            qbar_next=self._qbar[i].to(dev),
             fixed=fixed,
             seed=step_seed(i, seed, generator, dev),
         )

@@ -17,7 +17,7 @@ import torch
 
 from fastdiff import backend, checks
 from fastdiff import random as frandom
-from fastdiff.gaussian import PREDICTIONS, VARIANCES, ddim_step, ddpm_step, q_sample
+from fastdiff.gaussian import PREDICTIONS, VARIANCES, add_noise_gaussian, ddim_step, ddpm_step
 from fastdiff.reference import gaussian as ref
 from fastdiff.samplers.base import (
     Scheduler,
@@ -127,7 +127,9 @@ class _GaussianScheduler(Scheduler):
             if not math.isfinite(timesteps) or not 0 <= round(timesteps) < big_t:
                 raise ValueError(f"timesteps must lie in [0, {big_t}), got {timesteps!r}")
             a = float(abar[round(timesteps)])
-        return q_sample(original, a, noise=noise, fixed=fixed, generator=generator, seed=seed).x_t
+        return add_noise_gaussian(
+            original, alpha_bar=a, noise=noise, fixed=fixed, generator=generator, seed=seed
+        ).x_t
 
     def step_loop(self, x: torch.Tensor, *, seed: int, fixed: torch.Tensor | None) -> StepLoop:
         ts = self._require_timesteps()
@@ -169,8 +171,8 @@ class DDPMScheduler(_GaussianScheduler):
         out = ddpm_step(
             model_output,
             sample,
-            abar=self._abar[i],
-            abar_prev=self._abar_prev[i],
+            alpha_bar=self._abar[i],
+            alpha_bar_next=self._abar_prev[i],
             prediction=self.prediction,
             variance=self.variance,
             fixed=fixed,
@@ -214,8 +216,8 @@ class DDIMScheduler(_GaussianScheduler):
         out = ddim_step(
             model_output,
             sample,
-            abar=self._abar[i],
-            abar_prev=self._abar_prev[i],
+            alpha_bar=self._abar[i],
+            alpha_bar_next=self._abar_prev[i],
             eta=self.eta,
             prediction=self.prediction,
             fixed=fixed,
