@@ -1,4 +1,5 @@
-"""Commit rules of confidence-based unmasking (MaskGIT / LLaDA / Fast-dLLM, ops.md 4d).
+"""Commit rules of confidence-based unmasking (MaskGIT / LLaDA / Fast-dLLM,
+docs/ops.md#commit-rules).
 
 All rules work on a confidence tensor ``[B, L]`` (``-inf`` = not eligible: unmasked, fixed or
 outside the active block) with tensor ops only: no host synchronization, so they run inside a
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastdiff import checks
+from fastdiff import random as frandom
 from fastdiff.updates import unmask_candidates
 
 
@@ -53,15 +55,68 @@ def _ranks(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sorted_conf, ranks
 
 
-def restrict_to_block(confidence: torch.Tensor, block_length: int) -> torch.Tensor:
-    """Semi-autoregressive blocks: keep only the leftmost block (of ``block_length`` positions)
-    that still has an eligible position; the rest becomes ``-inf``."""
+def generation_start(fixed: torch.Tensor) -> torch.Tensor:
+    """Each row's first generated position: ``[B]`` int64, the index of the first ``False`` of
+    ``fixed [B, L]`` (``L`` for a row that is fixed throughout). Semi-autoregressive blocks are
+    counted from it (LLaDA's blocks start right after the prompt)."""
+    if not isinstance(fixed, torch.Tensor) or fixed.dtype != torch.bool:
+        raise TypeError("fixed must be a bool tensor")
+    if fixed.dim() != 2:
+        raise ValueError(f"fixed must have shape [batch, length], got {tuple(fixed.shape)}")
+    free = ~fixed
+    first = free.to(torch.uint8).argmax(-1)
+    return torch.where(free.any(-1), first, fixed.shape[-1])
+
+
+def block_index(
+    length: int, block_length: int, block_start: int | torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The block of every position ``j < length``, ``floor((j - block_start) / block_length)``
+    (negative before ``block_start``): ``[1, L]`` for an int start, ``[B, L]`` for ``[B]``."""
+    start = torch.as_tensor(block_start, device=device).reshape(-1, 1)
+    pos = torch.arange(length, device=device)[None, :]
+    return torch.div(pos - start, block_length, rounding_mode="floor")
+
+
+def restrict_to_block(
+    confidence: torch.Tensor, block_length: int, *, block_start: int | torch.Tensor = 0
+) -> torch.Tensor:
+    """Semi-autoregressive blocks: keep only the leftmost block that still has an eligible
+    position; the rest becomes ``-inf``. Blocks are ``block_length`` positions long and
+    aligned at ``block_start`` (an int, or ``[B]`` per row): block ``b`` of a row holds the
+    positions ``block_start + [b * block_length, (b + 1) * block_length)``."""
     length = confidence.shape[-1]
-    block = torch.arange(length, device=confidence.device) // block_length
+    block = block_index(length, block_length, block_start, confidence.device)
     eligible = confidence > -torch.inf
     big = torch.full_like(block, length)
     active = torch.where(eligible, block.expand_as(confidence), big).amin(-1, keepdim=True)
     return torch.where(block == active, confidence, torch.full_like(confidence, -torch.inf))
+
+
+def random_confidence(
+    confidence: torch.Tensor, *, seed: int | torch.Tensor, offset: int = 1
+) -> torch.Tensor:
+    """LLaDA's random remasking: a uniform ``U(0, 1)`` draw (from ``(seed, offset)``, row
+    ``b``, column ``j``; see :mod:`fastdiff.random`) in place of every eligible (finite)
+    confidence of ``[B, L]``, ``-inf`` kept elsewhere, so the ``k`` rule commits a uniformly
+    random ``k``-subset of the eligible positions. Returns float64 ``[B, L]`` (52-bit draws:
+    no ties in practice)."""
+    batch, length = confidence.shape
+    rows = torch.arange(batch, device=confidence.device)
+    u = frandom.uniform(seed, offset, rows, length)
+    return torch.where(confidence > -torch.inf, u, confidence.to(u.dtype))
+
+
+def _check_block_start(block_start: int | torch.Tensor, batch: int) -> None:
+    if isinstance(block_start, torch.Tensor):
+        ok = block_start.dtype in (torch.int64, torch.int32) and block_start.numel() in (1, batch)
+    else:
+        ok = isinstance(block_start, int) and not isinstance(block_start, bool) and block_start >= 0
+    if not ok:
+        raise ValueError(
+            f"block_start must be an int >= 0 or an integer tensor of [batch] entries, "
+            f"got {block_start!r}"
+        )
 
 
 def select_commits(
@@ -71,6 +126,7 @@ def select_commits(
     threshold: float | None = None,
     factor: float | None = None,
     block_length: int | None = None,
+    block_start: int | torch.Tensor = 0,
 ) -> torch.Tensor:
     """Which positions to unmask this step: bool ``[B, L]``. Exactly one rule:
 
@@ -80,7 +136,8 @@ def select_commits(
     - ``factor`` ``f``: with confidences sorted ``c_(1) >= c_(2) >= ...``, the largest ``n`` with
       ``c_(n) >= 1 - f / (n + 1)``, at least 1.
 
-    ``block_length`` first restricts eligibility to the active semi-autoregressive block.
+    ``block_length`` first restricts eligibility to the active semi-autoregressive block (see
+    :func:`restrict_to_block`; blocks aligned at ``block_start``, an int or ``[B]``).
     Sequences with no eligible position commit nothing.
     """
     checks.floating("confidence", confidence)
@@ -97,7 +154,8 @@ def select_commits(
     if block_length is not None:
         if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
             raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
-        confidence = restrict_to_block(confidence, block_length)
+        _check_block_start(block_start, confidence.shape[0])
+        confidence = restrict_to_block(confidence, block_length, block_start=block_start)
     eligible = confidence > -torch.inf
     sorted_conf, ranks = _ranks(confidence)
     if k is not None:
@@ -124,6 +182,11 @@ def select_commits(
     return eligible & (ranks < count)
 
 
+REMASKING = ("low_confidence", "random")
+"""Which proposals commit first: the most confident (``confidence``), or uniformly random
+ones (LLaDA's ``remasking`` names)."""
+
+
 def confidence_unmask_step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
@@ -135,15 +198,28 @@ def confidence_unmask_step(
     block_length: int | None = None,
     temperature: float = 0.0,
     confidence: str = "prob",
+    remasking: str = "low_confidence",
     fixed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
     """One confidence-unmasking step on ``x_t [B, L]`` with the logits ``model_output
-    [B, L, V]``: propose with
-    :func:`fastdiff.updates.unmask_candidates`, choose with :func:`select_commits`, and write
-    the committed proposals. Returns the new tokens ``[B, L]``."""
+    [B, L, V]``: propose with :func:`fastdiff.updates.unmask_candidates`, choose with
+    :func:`select_commits`, and write the committed proposals. Returns the new tokens
+    ``[B, L]``.
+
+    ``block_length`` blocks start at each row's first non-fixed position
+    (:func:`generation_start`; position 0 without ``fixed``). ``remasking="random"`` ranks the
+    proposals by a uniform draw (:func:`random_confidence`, stream ``offset + 1``) instead of
+    their ``confidence``; it needs the ``k`` rule.
+    """
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if remasking == "random" and k is None:
+        raise ValueError("remasking='random' needs the k rule (not threshold / factor)")
+    # one key for the proposals (stream offset) and the random ranks (offset + 1)
+    seed = frandom.resolve_seed(seed, generator, x_t.device)
     xhat, conf = unmask_candidates(
         model_output,
         x_t,
@@ -151,11 +227,13 @@ def confidence_unmask_step(
         temperature=temperature,
         confidence=confidence,
         fixed=fixed,
-        generator=generator,
         seed=seed,
         offset=offset,
     )
+    if remasking == "random":
+        conf = random_confidence(conf, seed=seed, offset=offset + 1)
+    start = 0 if fixed is None or block_length is None else generation_start(fixed)
     commit = select_commits(
-        conf, k=k, threshold=threshold, factor=factor, block_length=block_length
+        conf, k=k, threshold=threshold, factor=factor, block_length=block_length, block_start=start
     )
     return torch.where(commit, xhat, x_t.long())

@@ -142,7 +142,7 @@ def run_both(denoiser, x, loop, **kw) -> dict[str, tuple[LoopResult, Recorder]]:
 
 def assert_same(results: dict[str, tuple[LoopResult, Recorder]]) -> LoopResult:
     (a, ra), (b, rb) = results["python"], results["cpp"]
-    assert torch.equal(a.x, b.x)
+    assert torch.equal(a.x_t, b.x_t)
     assert (a.steps_run, a.denoiser_calls) == (b.steps_run, b.denoiser_calls)
     assert len(a.trajectory) == len(b.trajectory)
     for ta, tb in zip(a.trajectory, b.trajectory):
@@ -192,9 +192,9 @@ def test_greedy_engines_identical_and_exit_exactly(
     assert res.steps_run == expected
     if not cache:
         assert res.denoiser_calls == res.steps_run
-    assert torch.equal(res.x[fixed], x[fixed])
+    assert torch.equal(res.x_t[fixed], x[fixed])
     if steps >= need:
-        assert not bool((res.x == mask_id).any())
+        assert not bool((res.x_t == mask_id).any())
 
 
 @needs_ext
@@ -222,9 +222,9 @@ def test_mdlm_engines_identical(batch, length, vocab, fixed_frac, steps, timed, 
     )
     den = TableDenoiser(length, vocab, seed + 1, time_scale=float(timed))
     res = assert_same(run_both(den, x, loop))
-    assert torch.equal(res.x[fixed], x[fixed])
+    assert torch.equal(res.x_t[fixed], x[fixed])
     if res.steps_run == steps:  # the last step (sigma_s = 0) unmasks everything
-        assert not bool(((res.x == mask_id) & ~fixed).any())
+        assert not bool(((res.x_t == mask_id) & ~fixed).any())
 
 
 @needs_ext
@@ -244,7 +244,7 @@ def test_cache_same_tokens_fewer_calls(batch, length, steps, seed):
     plain = run_both(den, x, StepLoop(**base, fixed=fixed, mask_id=mask_id))
     cached = run_both(den, x, StepLoop(**base, fixed=fixed, mask_id=mask_id, cache=True))
     ref, res = assert_same(plain), assert_same(cached)
-    assert torch.equal(ref.x, res.x)
+    assert torch.equal(ref.x_t, res.x_t)
     assert ref.steps_run == res.steps_run
     for a, b in zip(ref.trajectory, res.trajectory):
         assert torch.equal(a, b)
@@ -338,7 +338,7 @@ def test_final_step_callback_and_progress():
         assert [i for i, _ in log] == [0, 1, 2]
         for (_, state), kept in zip(log, r.trajectory):
             assert torch.equal(state, kept)
-        seen[engine] = r.x
+        seen[engine] = r.x_t
     assert len(final_inputs) == 2 and all(t.shape == (2,) for t in final_inputs)
     assert torch.equal(seen["python"], seen["cpp"])
 
@@ -350,7 +350,7 @@ def test_early_exit_before_any_step():
     for engine in ENGINES:
         r = run_loop(lambda x, t: x, x, loop, engine=engine, trajectory=True)
         assert (r.steps_run, r.denoiser_calls, r.trajectory) == (0, 0, [])
-        assert r.x is x
+        assert r.x_t is x
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ def test_torchscript_denoiser(kind):
     )
     ref = run_loop(den, x, loop, engine="python", trajectory=True)
     got = run_loop(module, x, loop, engine="cpp", trajectory=True)
-    assert torch.equal(ref.x, got.x)
+    assert torch.equal(ref.x_t, got.x_t)
     assert (ref.steps_run, ref.denoiser_calls) == (got.steps_run, got.denoiser_calls)
     for a, b in zip(ref.trajectory, got.trajectory):
         assert torch.equal(a, b)
@@ -392,11 +392,11 @@ def test_threads_share_the_gil():
     loop = StepLoop(
         inputs=sigmas[:-1].float(), update=mdlm_update(sigmas, mask_id, 1), mask_id=mask_id
     )
-    expected = run_loop(den, x, loop, engine="python").x
+    expected = run_loop(den, x, loop, engine="python").x_t
     results = [None] * 4
 
     def work(k):
-        results[k] = run_loop(den, x, loop, engine="cpp").x
+        results[k] = run_loop(den, x, loop, engine="cpp").x_t
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for th in threads:
@@ -478,7 +478,7 @@ def test_missing_extension_falls_back_and_warns_once(monkeypatch):
     den = TableDenoiser(4, 4, 0)
     with pytest.warns(RuntimeWarning, match="not built"):
         r = run_loop(den, x, loop)
-    assert r.steps_run == 4 and not bool((r.x == 3).any())
+    assert r.steps_run == 4 and not bool((r.x_t == 3).any())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_loop(den, x, loop)  # warned once only
@@ -512,7 +512,7 @@ def test_cuda_graph_matches_eager(check_every):
     )
     ref = run_loop(den, x, loop, engine="python", trajectory=True, check_every=check_every)
     got = run_loop(den, x, loop, cuda_graph=True, trajectory=True, check_every=check_every)
-    assert torch.equal(ref.x, got.x)
+    assert torch.equal(ref.x_t, got.x_t)
     assert (ref.steps_run, ref.denoiser_calls) == (got.steps_run, got.denoiser_calls)
     for a, b in zip(ref.trajectory, got.trajectory):
         assert torch.equal(a, b)
@@ -535,6 +535,9 @@ SAMPLERS = {
     "confidence": dict(method="confidence"),
     "confidence_threshold": dict(method="confidence", threshold=0.3, temperature=1.0),
     "confidence_factor_blocks": dict(method="confidence", factor=1.0, block_length=4),
+    "confidence_random_blocks": dict(
+        method="confidence", block_length=4, remasking="random", temperature=1.0
+    ),
     "d3pm_absorb": dict(method="d3pm", schedule=D3PM_ABSORB),
     "d3pm_uniform": dict(method="d3pm", schedule=D3PM_UNIFORM, mask_id=None),
     "ddpm": dict(method="ddpm", schedule=GAUSS),

@@ -1,5 +1,5 @@
 """Tests for fastdiff.unmasking: step quotas, commit rules (k / threshold / factor, semi-AR
-blocks) and the end-to-end confidence-unmasking step (ops.md 4d, 4f)."""
+blocks) and the end-to-end confidence-unmasking step (docs/ops.md#confidence-unmasking)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 
 import fastdiff
 from fastdiff.unmasking import (
+    block_index,
     confidence_unmask_step,
+    generation_start,
+    random_confidence,
     restrict_to_block,
     select_commits,
     unmask_quota,
@@ -211,6 +214,78 @@ def test_block_size_hand_cases():
     assert bool(torch.all(restricted[0, 4:] == -INF))
 
 
+def test_blocks_start_at_block_start():
+    """Blocks aligned at ``block_start`` (per row): row 0 from 3, blocks {3,4}, {5,6}; row 1
+    from 0, blocks {0,1}, {2,3}, {4,5}, {6}."""
+    c = conf(
+        [-INF, -INF, -INF, 0.2, 0.1, 0.9, 0.8],
+        [-INF, -INF, 0.2, 0.1, 0.9, 0.8, 0.7],
+    )
+    start = torch.tensor([3, 0])
+    assert where(select_commits(c, k=5, block_length=2, block_start=start)) == [[3, 4], [2, 3]]
+    assert where(select_commits(c, k=1, block_length=2, block_start=3)) == [[3], [2]]
+    # from position 0, row 0's active block would be {2, 3}: position 3 only
+    assert where(select_commits(c, k=5, block_length=2)) == [[3], [2, 3]]
+    assert where(select_commits(c, threshold=0.5, block_length=2, block_start=start)) == [
+        [3],
+        [2],
+    ]
+    assert block_index(7, 2, start, c.device).tolist() == [
+        [-2, -1, -1, 0, 0, 1, 1],
+        [0, 0, 1, 1, 2, 2, 3],
+    ]
+    assert torch.equal(
+        restrict_to_block(c, 2, block_start=start),
+        conf([-INF, -INF, -INF, 0.2, 0.1, -INF, -INF], [-INF, -INF, 0.2, 0.1, -INF, -INF, -INF]),
+    )
+
+
+def test_generation_start():
+    fixed = torch.tensor(
+        [[True, True, False, False], [False, True, False, True], [True, True, True, True]]
+    )
+    assert generation_start(fixed).tolist() == [2, 0, 4]
+    with pytest.raises(TypeError):
+        generation_start(fixed.long())
+    with pytest.raises(ValueError):
+        generation_start(fixed[0])
+
+
+def test_random_confidence_is_uniform_on_eligible_positions():
+    c = conf([0.5, -INF, 0.9, 0.1], [-INF, -INF, 0.3, 0.3])
+    r = random_confidence(c, seed=7)
+    assert torch.equal(r == -INF, c == -INF)
+    assert bool(((r > 0) & (r < 1))[c > -INF].all())
+    assert torch.equal(r, random_confidence(c, seed=7))
+    assert not torch.equal(r, random_confidence(c, seed=8))
+    u = random_confidence(torch.zeros(1, 4000), seed=1)
+    assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / 4000)
+
+
+def test_random_remasking_step():
+    """remasking="random": the quota of masked positions commits, a different set per seed,
+    each to its argmax proposal; the same seed gives the same step."""
+    m, vocab = 3, 7
+    g, x, fixed = make_problem(7)
+    logits = torch.randn(*x.shape, vocab, generator=g)
+    logits[..., m] = -30.0  # the proposal is the argmax of the row
+    sets = set()
+    for seed in range(8):
+        out = confidence_unmask_step(
+            logits, x, mask_id=m, k=3, fixed=fixed, seed=seed, remasking="random"
+        )
+        changed = out != x
+        assert changed.sum(-1).tolist() == [3, 3, 3]
+        assert bool((x[changed] == m).all()) and not bool(fixed[changed].any())
+        assert torch.equal(out[changed], logits.argmax(-1)[changed])
+        sets.add(tuple(changed.flatten().tolist()))
+    assert len(sets) > 1
+    with pytest.raises(ValueError, match="remasking"):
+        confidence_unmask_step(logits, x, mask_id=m, k=1, remasking="lowest")
+    with pytest.raises(ValueError, match="k rule"):
+        confidence_unmask_step(logits, x, mask_id=m, threshold=0.5, remasking="random")
+
+
 def test_exactly_one_rule():
     c = conf([0.5, 0.7])
     with pytest.raises(ValueError):
@@ -241,6 +316,13 @@ def test_exactly_one_rule():
         ((torch.rand(2, 3),), {"k": 1, "block_length": 0}, ValueError),
         ((torch.rand(2, 3),), {"k": 1, "block_length": 2.0}, ValueError),
         ((torch.rand(2, 3),), {"k": 1, "block_length": True}, ValueError),
+        ((torch.rand(2, 3),), {"k": 1, "block_length": 2, "block_start": -1}, ValueError),
+        ((torch.rand(2, 3),), {"k": 1, "block_length": 2, "block_start": 1.0}, ValueError),
+        (
+            (torch.rand(2, 3),),
+            {"k": 1, "block_length": 2, "block_start": torch.tensor([0, 1, 2])},
+            ValueError,
+        ),
     ],
 )
 def test_select_commits_bad_inputs(args, kwargs, exc):
@@ -453,6 +535,7 @@ def test_step_commits_the_argmax_of_the_most_confident_positions():
 @pytest.mark.parametrize("rule", [{"threshold": 0.9}, {"factor": 0.5}, {"k": 2}])
 @pytest.mark.parametrize("block", [3, 5])
 def test_semi_autoregressive_blocks_fill_left_to_right(rule, block):
+    """Blocks start at each row's first non-fixed position (prompts of 2, 3, 4 tokens)."""
     m, vocab = 3, 7
     g, x0, fixed = make_problem(11 + block)
     x = x0.clone()
@@ -467,8 +550,8 @@ def test_semi_autoregressive_blocks_fill_left_to_right(rule, block):
             logits, x, mask_id=m, block_length=block, fixed=fixed, seed=i, **rule
         )
         changed = x != before
-        blocks = torch.arange(length) // block
         for r in range(x.shape[0]):
+            blocks = (torch.arange(length) - (2 + r)) // block  # row r's prompt: 2 + r tokens
             if bool(eligible[r].any()):
                 active = int(blocks[eligible[r]].min())
                 assert int(changed[r].sum()) >= 1  # progress every step

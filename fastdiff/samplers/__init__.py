@@ -1,7 +1,8 @@
 """Samplers: schedulers in the diffusers shape (``set_timesteps`` / ``timesteps`` / ``step`` /
 ``add_noise``) for SEDD Euler and analytic, MDLM, confidence unmasking, D3PM, DDPM and DDIM,
-and the one-call :func:`sample`, which runs the steps in the step loop of
-:mod:`fastdiff.samplers.loop` (C++ when the extension is built)."""
+the one-call :func:`sample`, which runs the steps in the step loop of
+:mod:`fastdiff.samplers.loop` (C++ when the extension is built), and LLaDA's :func:`generate`
+on the confidence sampler."""
 
 from fastdiff.samplers.api import (
     METHODS,
@@ -20,6 +21,7 @@ from fastdiff.samplers.discrete import (
     SEDDEulerScheduler,
 )
 from fastdiff.samplers.gaussian import DDIMScheduler, DDPMScheduler
+from fastdiff.samplers.generate import generate
 
 __all__ = [
     "METHODS",
@@ -34,6 +36,7 @@ __all__ = [
     "Scheduler",
     "SchedulerOutput",
     "build_loop",
+    "generate",
     "guided_denoiser",
     "infill_mask",
     "make_scheduler",
