@@ -1,6 +1,7 @@
 """Public Gaussian (continuous-state) diffusion ops: forward noising (with the Diffusion-LM
 embedding gather), the eps / x0 regression loss, classifier-free guidance, DDPM and DDIM steps
-and rounding to the nearest embedding (ops.md sections 2, 3d, 4e).
+and rounding to the nearest embedding (docs/ops.md#gaussian-noising,
+docs/ops.md#gaussian-diffusion, docs/ops.md#classifier-free-guidance).
 
 Shapes: a state ``x`` (``x0``, ``x_t``, model outputs, noise) is floating ``[*B, H]``: ``B``
 the batch shape (e.g. ``[batch, length]``), ``H`` the feature (embedding) width. Token ids are
@@ -29,8 +30,9 @@ from fastdiff import random as frandom
 from fastdiff.losses import _reduce, _row_weight
 from fastdiff.reference import gaussian as ref
 
-PREDICTIONS = ("eps", "x0")
-VARIANCES = ("beta", "posterior")
+# diffusers' names -> the backends' ("eps" / "x0"; "beta" / "posterior")
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0"}
+VARIANCE_TYPES = {"fixed_small": "posterior", "fixed_large": "beta"}
 
 Scalar = float | torch.Tensor
 
@@ -184,7 +186,7 @@ def add_noise_gaussian(
     offset: int = 0,
 ) -> GaussianNoised:
     """Sample ``x_t ~ q(x_t | x0)``: ``x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps``
-    (ops.md 2).
+    (docs/ops.md#gaussian-noising).
 
     Args:
         x0: the clean state, floating ``[*B, H]``; or, when ``embedding`` is given, token ids
@@ -228,6 +230,7 @@ def add_noise_gaussian(
     if noise is not None:
         checks.finite("noise", noise)
     a = _abar("alpha_bar", alpha_bar, batch_shape, device)
+    checks.offset(offset)
     key = 0 if noise is not None else frandom.resolve_seed(seed, generator, device)
     impl = backend.resolve("q_sample", ref.q_sample, device)
     x_t, eps, clean = impl(
@@ -251,7 +254,7 @@ def gaussian_loss(
     ignore: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Gaussian diffusion regression loss (ops.md 3d), per position.
+    """Gaussian diffusion regression loss (docs/ops.md#gaussian-loss), per position.
 
     ``loss = weight * sum_h (pred - target)^2``: the eps-prediction loss
     ``||eps - eps_hat||^2`` or the x0-prediction loss ``||x0 - x0_hat||^2`` (summed, not
@@ -290,7 +293,7 @@ def gaussian_loss(
 def classifier_free_guidance(
     cond: torch.Tensor, uncond: torch.Tensor, *, guidance_scale: Scalar
 ) -> torch.Tensor:
-    """Classifier-free guidance, diffusers' convention (ops.md 4e)::
+    """Classifier-free guidance, diffusers' convention (docs/ops.md#classifier-free-guidance)::
 
         out = uncond + s (cond - uncond),   s = guidance_scale
 
@@ -343,7 +346,7 @@ def _prepare_step(
     x_t: torch.Tensor,
     alpha_bar: Scalar,
     alpha_bar_next: Scalar,
-    prediction: str,
+    prediction_type: str,
     uncond: torch.Tensor | None,
     guidance_scale: Scalar,
     noise: torch.Tensor | None,
@@ -351,8 +354,10 @@ def _prepare_step(
     generator: torch.Generator | None,
     seed: int | torch.Tensor | None,
 ) -> _Step:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {tuple(PREDICTION_TYPES)}, got {prediction_type!r}"
+        )
     batch_shape, n, h = _state("x_t", x_t)
     checks.floating("model_output", model_output)
     _same_shape("model_output", model_output, "x_t", x_t)
@@ -395,8 +400,8 @@ def ddpm_step(
     *,
     alpha_bar: Scalar,
     alpha_bar_next: Scalar,
-    prediction: str = "eps",
-    variance: str = "beta",
+    prediction_type: str = "epsilon",
+    variance_type: str = "fixed_small",
     model_output_uncond: torch.Tensor | None = None,
     guidance_scale: Scalar = 1.0,
     noise: torch.Tensor | None = None,
@@ -405,7 +410,7 @@ def ddpm_step(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """One DDPM ancestral step ``x_t -> x_{t-1}`` (ops.md 4e).
+    """One DDPM ancestral step ``x_t -> x_{t-1}`` (docs/ops.md#ddpm-step).
 
     With ``a = alpha_bar``, ``a' = alpha_bar_next``, ``alpha_t = a / a'`` and
     ``beta_t = 1 - alpha_t``::
@@ -416,19 +421,20 @@ def ddpm_step(
                                   + sqrt(alpha_t) (1 - a') / (1 - a) x_t + sigma_t z
 
     (the same posterior mean when ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)``),
-    ``sigma_t^2 = beta_t`` (``variance="beta"``) or the posterior variance
-    ``beta_t (1 - a') / (1 - a)`` (``"posterior"``). No noise is added at the last step,
-    ``alpha_bar_next == 1``.
+    ``sigma_t^2`` the posterior variance ``beta_t (1 - a') / (1 - a)``
+    (``variance_type="fixed_small"``, diffusers' default) or ``beta_t`` (``"fixed_large"``).
+    No noise is added at the last step, ``alpha_bar_next == 1``.
 
     Args:
-        model_output: ``eps_hat`` or ``x0_hat`` ``[*B, H]`` (see ``prediction``).
+        model_output: ``eps_hat`` or ``x0_hat`` ``[*B, H]`` (see ``prediction_type``).
         x_t: the current state ``[*B, H]``.
         alpha_bar, alpha_bar_next: ``alpha_bar_t`` in ``(0, 1)`` and ``alpha_bar_{t-1}`` in
             ``[alpha_bar_t, 1]``;
             numbers or tensors whose shape is a prefix of ``B``
             (``GaussianSchedule.alphas_cumprod[i]`` and ``.alphas_cumprod_prev[i]``).
-        prediction: ``"eps"`` or ``"x0"``.
-        variance: ``"beta"`` or ``"posterior"``.
+        prediction_type: ``"epsilon"`` (``eps_hat``) or ``"sample"`` (``x0_hat``), diffusers'
+            names.
+        variance_type: ``"fixed_small"`` (posterior) or ``"fixed_large"`` (``beta_t``).
         model_output_uncond / guidance_scale: when given, the model output is first replaced by
             :func:`classifier_free_guidance` ``uncond + s (cond - uncond)`` (diffusers' ``s``;
             1 = no guidance).
@@ -438,14 +444,17 @@ def ddpm_step(
 
     Returns ``x_{t-1}`` ``[*B, H]`` in the dtype of ``x_t``.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(
+            f"variance_type must be one of {tuple(VARIANCE_TYPES)}, got {variance_type!r}"
+        )
+    checks.offset(offset)
     st = _prepare_step(
         model_output,
         x_t,
         alpha_bar,
         alpha_bar_next,
-        prediction,
+        prediction_type,
         model_output_uncond,
         guidance_scale,
         noise,
@@ -459,8 +468,8 @@ def ddpm_step(
         st.x_t,
         st.abar,
         st.abar_prev,
-        prediction,
-        variance,
+        PREDICTION_TYPES[prediction_type],
+        VARIANCE_TYPES[variance_type],
         st.uncond,
         st.scale,
         st.noise,
@@ -478,7 +487,7 @@ def ddim_step(
     alpha_bar: Scalar,
     alpha_bar_next: Scalar,
     eta: Scalar = 0.0,
-    prediction: str = "eps",
+    prediction_type: str = "epsilon",
     model_output_uncond: torch.Tensor | None = None,
     guidance_scale: Scalar = 1.0,
     noise: torch.Tensor | None = None,
@@ -487,7 +496,8 @@ def ddim_step(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """One DDIM(eta) step from ``a = alpha_bar`` to ``a' = alpha_bar_next`` (ops.md 4e).
+    """One DDIM(eta) step from ``a = alpha_bar`` to ``a' = alpha_bar_next``
+    (docs/ops.md#ddim-step).
 
     ``x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)`` (eps prediction) or
     ``eps = (x_t - sqrt(a) x0_hat) / sqrt(1 - a)`` (x0 prediction); then::
@@ -505,12 +515,13 @@ def ddim_step(
 
     Returns ``x'`` ``[*B, H]`` in the dtype of ``x_t``.
     """
+    checks.offset(offset)
     st = _prepare_step(
         model_output,
         x_t,
         alpha_bar,
         alpha_bar_next,
-        prediction,
+        prediction_type,
         model_output_uncond,
         guidance_scale,
         noise,
@@ -526,7 +537,7 @@ def ddim_step(
         st.abar,
         st.abar_prev,
         eta_t,
-        prediction,
+        PREDICTION_TYPES[prediction_type],
         st.uncond,
         st.scale,
         st.noise,
@@ -545,7 +556,8 @@ def ddim_step(
 def round_to_embedding(
     x0: torch.Tensor, embedding: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round every vector to its nearest embedding row (Diffusion-LM clamping, ops.md 4e).
+    """Round every vector to its nearest embedding row (Diffusion-LM clamping,
+    docs/ops.md#rounding-to-the-embedding).
 
     ``token = argmin_v ||E_v - x||^2 = argmax_v 2 E_v . x - ||E_v||^2`` (ties: lowest index),
     a matmul plus a row argmax, computed in float32 (float64 when an input is float64). The
@@ -556,7 +568,7 @@ def round_to_embedding(
         embedding: floating ``[V, H]``.
 
     Returns ``(tokens [*B] int64, E[tokens] [*B, H])``, the rows in the dtype of ``x0``; pass
-    the rows to a step with ``prediction="x0"`` for the clamping trick.
+    the rows to a step with ``prediction_type="sample"`` for the clamping trick.
     """
     x = x0
     batch_shape, n, h = _state("x0", x)

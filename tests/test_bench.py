@@ -156,7 +156,7 @@ def test_quick_table(quick):
 
 
 def test_plot_through_the_console_entry(tmp_path, capsys):
-    ops = ["corrupt_absorb", "round_to_embedding"]
+    ops = ["add_noise_absorb", "round_to_embedding"]
     argv = ["bench", "--quick", "--ops", *ops, "--providers", "reference", "baseline"]
     argv += ["--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
@@ -182,15 +182,15 @@ def test_compare(quick, tmp_path, capsys):
     # a second file with one op slowed down twice
     doc = json.loads(path.read_text())
     for r in doc["results"]:
-        if r["op"] == "corrupt_absorb" and r["median_ms"]:
+        if r["op"] == "add_noise_absorb" and r["median_ms"]:
             r["median_ms"] *= 2
     other = tmp_path / "slow.json"
     other.write_text(json.dumps(doc))
     assert main(["bench", "--compare", str(path), str(other)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     ratios = {tuple(row[:4]): row[-1] for row in rows if row and row[0] in cases.BY_NAME}
-    assert {r for k, r in ratios.items() if k[0] == "corrupt_absorb"} == {"0.50"}
-    assert {r for k, r in ratios.items() if k[0] != "corrupt_absorb"} == {"1.00"}
+    assert {r for k, r in ratios.items() if k[0] == "add_noise_absorb"} == {"0.50"}
+    assert {r for k, r in ratios.items() if k[0] != "add_noise_absorb"} == {"1.00"}
 
 
 def test_bad_arguments_are_usage_errors(capsys):
@@ -215,7 +215,7 @@ def test_every_kernel_has_a_case():
 
 def test_select_by_family_and_name():
     names = [c.name for c in cases.select(["noising", "ddim_step"])]
-    assert names == ["corrupt_absorb", "corrupt_dense", "ddim_step"]
+    assert names == ["add_noise_absorb", "add_noise_dense", "ddim_step"]
     assert len(cases.select(None)) == len(cases.CASES) == len({c.name for c in cases.CASES})
 
 
@@ -242,7 +242,7 @@ def test_byte_models_grow_with_the_swept_size_and_the_dtype():
     for case in cases.CASES:
         small, large = case.shapes.quick[0], case.shapes.quick[-1]
         assert getattr(large, case.sweep) > getattr(small, case.sweep)
-        if case.name != "corrupt_absorb":  # its traffic does not depend on V
+        if case.name != "add_noise_absorb":  # its traffic does not depend on V
             assert case.bytes(large, torch.float32) > case.bytes(small, torch.float32)
         if case.supports(torch.bfloat16):
             assert case.bytes(small, torch.float32) > case.bytes(small, torch.bfloat16)
@@ -288,7 +288,14 @@ def test_diffusionlm_gaussian_baselines():
     abar_prev[:4] = 1.0  # the last step: no noise
     close(
         baselines.diffusionlm_ddpm_step(eps, x_t, abar, abar_prev, noise),
-        fastdiff.ddpm_step(eps, x_t, alpha_bar=abar, alpha_bar_next=abar_prev, noise=noise),
+        fastdiff.ddpm_step(
+            eps,
+            x_t,
+            alpha_bar=abar,
+            alpha_bar_next=abar_prev,
+            variance_type="fixed_large",  # Diffusion-LM's variance beta_t
+            noise=noise,
+        ),
     )
     for eta in (0.0, 0.5, 1.0):
         close(

@@ -302,9 +302,9 @@ def test_ddpm_true_eps_gives_posterior_mean(case) -> None:
     a, ap, alpha, beta = _posterior(abar, abar_prev, batch)
     mu = ap.sqrt() * beta / (1 - a) * x0 + alpha.sqrt() * (1 - ap) / (1 - a) * x_t
     zeros = torch.zeros_like(x0)
-    for variance in ("posterior", "beta"):
+    for variance in ("fixed_small", "fixed_large"):
         out = ddpm_step(
-            eps, x_t, alpha_bar=abar, alpha_bar_next=abar_prev, variance=variance, noise=zeros
+            eps, x_t, alpha_bar=abar, alpha_bar_next=abar_prev, variance_type=variance, noise=zeros
         )
         torch.testing.assert_close(out, mu, **EXACT)
         out0 = ddpm_step(
@@ -312,42 +312,44 @@ def test_ddpm_true_eps_gives_posterior_mean(case) -> None:
             x_t,
             alpha_bar=abar,
             alpha_bar_next=abar_prev,
-            prediction="x0",
-            variance=variance,
+            prediction_type="sample",
+            variance_type=variance,
             noise=zeros,
         )
         torch.testing.assert_close(out0, mu, **EXACT)
 
 
 @FAST
-@given(case=step_case(), variance=st.sampled_from(["beta", "posterior"]))
+@given(case=step_case(), variance=st.sampled_from(["fixed_large", "fixed_small"]))
 def test_ddpm_x0_prediction_equals_eps_prediction_and_noise_scale(case, variance: str) -> None:
     batch, h, abar, abar_prev, seed = case
     x_t, eps_hat = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
     a, ap, _, beta = _posterior(abar, abar_prev, batch)
     x0_hat = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
-    kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, variance=variance, seed=seed, offset=1)
+    kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, variance_type=variance, seed=seed, offset=1)
     by_eps = ddpm_step(eps_hat, x_t, **kw)
-    by_x0 = ddpm_step(x0_hat, x_t, prediction="x0", **kw)
+    by_x0 = ddpm_step(x0_hat, x_t, prediction_type="sample", **kw)
     torch.testing.assert_close(by_x0, by_eps, **EXACT)
     # the noise term is sigma z with z keyed by (seed, offset, flattened position, feature)
     n = math.prod(batch)
     z = frandom.normal(seed, 1, torch.arange(n), h).reshape(*batch, h)
     mean = ddpm_step(eps_hat, x_t, **{**kw, "seed": None}, noise=torch.zeros_like(z))
-    var = beta if variance == "beta" else beta * (1 - ap) / (1 - a)
+    var = beta if variance == "fixed_large" else beta * (1 - ap) / (1 - a)
     var = torch.where(ap == 1.0, torch.zeros_like(var), var)
     torch.testing.assert_close(by_eps, mean + var.sqrt() * z, **EXACT)
 
 
 def test_ddpm_last_step_adds_no_noise() -> None:
     x_t, out = randn(4, 3), randn(4, 3, seed=1)
-    for variance in ("beta", "posterior"):
-        kw = dict(alpha_bar=0.97, alpha_bar_next=1.0, variance=variance)
+    for variance in ("fixed_large", "fixed_small"):
+        kw = dict(alpha_bar=0.97, alpha_bar_next=1.0, variance_type=variance)
         a = ddpm_step(out, x_t, seed=1, **kw)
         assert torch.equal(a, ddpm_step(out, x_t, seed=2, **kw))
         assert torch.equal(a, ddpm_step(out, x_t, noise=randn(4, 3, seed=9), **kw))
         # x0 prediction at the last step returns x0_hat
-        torch.testing.assert_close(ddpm_step(out, x_t, prediction="x0", seed=1, **kw), out, **EXACT)
+        torch.testing.assert_close(
+            ddpm_step(out, x_t, prediction_type="sample", seed=1, **kw), out, **EXACT
+        )
     # an earlier step does add noise
     assert not torch.equal(
         ddpm_step(out, x_t, alpha_bar=0.5, alpha_bar_next=0.6, seed=1),
@@ -360,10 +362,13 @@ def test_ddpm_noise_scale_matches_gaussian_schedule() -> None:
     x_t, eps = randn(40, 2), randn(40, 2, seed=1)
     ones, zeros = torch.ones(40, 2, dtype=F64), torch.zeros(40, 2, dtype=F64)
     kw = dict(alpha_bar=sched.alphas_cumprod, alpha_bar_next=sched.alphas_cumprod_prev)
-    for variance, table in (("beta", sched.betas), ("posterior", sched.posterior_variance)):
+    for variance, table in (
+        ("fixed_large", sched.betas),
+        ("fixed_small", sched.posterior_variance),
+    ):
         std = (
-            ddpm_step(eps, x_t, variance=variance, noise=ones, **kw)
-            - ddpm_step(eps, x_t, variance=variance, noise=zeros, **kw)
+            ddpm_step(eps, x_t, variance_type=variance, noise=ones, **kw)
+            - ddpm_step(eps, x_t, variance_type=variance, noise=zeros, **kw)
         )[:, 0]
         expected = table.sqrt().clone()
         expected[0] = 0.0  # the last reverse step (abar_prev = 1) is noiseless
@@ -406,7 +411,9 @@ def test_ddim_eta0_with_true_noise_is_exact(case) -> None:
     expected = ap.sqrt() * x0 + (1 - ap).sqrt() * eps
     kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, seed=seed)
     torch.testing.assert_close(ddim_step(eps, x_t, **kw), expected, **EXACT)
-    torch.testing.assert_close(ddim_step(x0, x_t, prediction="x0", **kw), expected, **EXACT)
+    torch.testing.assert_close(
+        ddim_step(x0, x_t, prediction_type="sample", **kw), expected, **EXACT
+    )
     # deterministic: eta = 0 ignores the noise
     assert torch.equal(ddim_step(eps, x_t, **kw), ddim_step(eps, x_t, **{**kw, "seed": seed + 1}))
 
@@ -419,19 +426,21 @@ def test_ddim_to_clean_returns_x0() -> None:
         got = ddim_step(eps, x_t, alpha_bar=abar, alpha_bar_next=1.0, eta=eta, seed=4)
         torch.testing.assert_close(got, x0, **EXACT)
         got = ddim_step(
-            x0, x_t, alpha_bar=abar, alpha_bar_next=1.0, eta=eta, prediction="x0", seed=4
+            x0, x_t, alpha_bar=abar, alpha_bar_next=1.0, eta=eta, prediction_type="sample", seed=4
         )
         assert torch.equal(got, x0)
 
 
 @FAST
-@given(case=step_case(), prediction=st.sampled_from(["eps", "x0"]))
+@given(case=step_case(), prediction=st.sampled_from(["epsilon", "sample"]))
 def test_ddim_eta1_is_the_ddpm_posterior_step(case, prediction: str) -> None:
     batch, h, abar, abar_prev, seed = case
     x_t, out = randn(*batch, h, seed=seed), randn(*batch, h, seed=seed + 1)
-    kw = dict(alpha_bar=abar, alpha_bar_next=abar_prev, prediction=prediction, seed=seed, offset=5)
+    kw = dict(
+        alpha_bar=abar, alpha_bar_next=abar_prev, prediction_type=prediction, seed=seed, offset=5
+    )
     ddim = ddim_step(out, x_t, eta=1.0, **kw)
-    ddpm = ddpm_step(out, x_t, variance="posterior", **kw)
+    ddpm = ddpm_step(out, x_t, variance_type="fixed_small", **kw)
     torch.testing.assert_close(ddim, ddpm, **EXACT)
     # and its noise scale is the posterior standard deviation
     ones, zeros = torch.ones_like(x_t), torch.zeros_like(x_t)
@@ -652,11 +661,11 @@ BAD_CALLS = {
     "ddpm abar NaN": (ValueError, lambda: ddpm_step(X, X, alpha_bar=math.nan, alpha_bar_next=0.5)),
     "ddpm prediction": (
         ValueError,
-        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, prediction="v"),
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, prediction_type="v"),
     ),
     "ddpm variance": (
         ValueError,
-        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, variance="big"),
+        lambda: ddpm_step(X, X, alpha_bar=0.5, alpha_bar_next=0.6, variance_type="big"),
     ),
     "ddpm shape": (ValueError, lambda: ddpm_step(X[:1], X, alpha_bar=0.5, alpha_bar_next=0.6)),
     "ddpm dtype": (

@@ -177,7 +177,7 @@ def test_q_sample_kernel_matches_reference(
         kw["noise"] = randn(*batch, h, seed=s + 1, dtype=data.draw(st.sampled_from(DTYPES)))
     if with_fixed:
         kw["fixed"] = (torch.rand(batch, generator=gen(s + 2)) < 0.4).to(DEVICE)
-    want, got = both(fastdiff.q_sample, x0, abar, **kw)
+    want, got = both(fastdiff.add_noise_gaussian, x0, alpha_bar=abar, **kw)
     for g, w in zip(got, want):
         assert_matches(g, w)
     assert torch.equal(got.x0, want.x0)  # the gather is exact
@@ -313,14 +313,14 @@ def step_case(draw, ddim: bool):
     kw = {
         "alpha_bar": abar.to(DEVICE),
         "alpha_bar_next": abar_prev.to(DEVICE),
-        "prediction": draw(st.sampled_from(["eps", "x0"])),
+        "prediction_type": draw(st.sampled_from(["epsilon", "sample"])),
         "seed": draw(st.integers(-(2**63), 2**63 - 1)),
         "offset": draw(st.integers(0, 2**40)),
     }
     if ddim:
         kw["eta"] = draw(st.sampled_from([0.0, 0.5, 1.0, 1.7]))
     else:
-        kw["variance"] = draw(st.sampled_from(["beta", "posterior"]))
+        kw["variance_type"] = draw(st.sampled_from(["fixed_large", "fixed_small"]))
     if draw(st.booleans()):
         uncond = randn(*batch, h, seed=seed + 2, dtype=dtype)
         cond = randn(*batch, h, seed=seed + 3, dtype=dtype)
@@ -364,7 +364,7 @@ def test_steps_hand_derived_and_last_step() -> None:
         out = fastdiff.ddpm_step(torch.zeros_like(x), x, alpha_bar=0.5, alpha_bar_next=1.0, seed=1)
         x0 = torch.tensor([[3.0, 0.25, -1.0]], device=DEVICE)
         clean = fastdiff.ddim_step(
-            x0, x, alpha_bar=0.3, alpha_bar_next=1.0, prediction="x0", seed=1
+            x0, x, alpha_bar=0.3, alpha_bar_next=1.0, prediction_type="sample", seed=1
         )
     want = (x.double() * (1 / math.sqrt(0.5))).float()
     torch.testing.assert_close(out, want, rtol=2**-23, atol=0)
@@ -460,7 +460,7 @@ def test_round_to_embedding_gradient_flows_to_the_table() -> None:
 def test_float64_inputs_take_the_reference() -> None:
     x, emb = randn(4, 6, seed=1, dtype=F64), randn(9, 6, seed=2, dtype=F64)
     abar = torch.full((4,), 0.3, dtype=F64, device=DEVICE)
-    want, got = both(fastdiff.q_sample, x, abar, seed=3)
+    want, got = both(fastdiff.add_noise_gaussian, x, alpha_bar=abar, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     want, got = both(fastdiff.round_to_embedding, x, emb)
     assert torch.equal(got[0], want[0])

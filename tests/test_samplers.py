@@ -193,7 +193,7 @@ def test_timesteps_are_the_documented_grids():
     torch.testing.assert_close(
         d3pm._q[1], tables.q_steps[5] @ tables.q_steps[6] @ tables.q_steps[7]
     )
-    ddim = DDIMScheduler(GaussianSchedule.linear(10))
+    ddim = DDIMScheduler(schedule=GaussianSchedule.linear(10), convention="fastdiff")
     ddim.set_timesteps(4)
     assert ddim.timesteps.tolist() == [9.0, 6.0, 3.0, 0.0]
 
@@ -320,7 +320,7 @@ def _gauss_denoiser(schedule: GaussianSchedule, mu: torch.Tensor, s: float):
 @pytest.mark.parametrize(
     ("method", "steps", "opts"),
     [
-        ("ddpm", 100, {"variance": "posterior"}),
+        ("ddpm", 100, {"variance_type": "fixed_small"}),
         ("ddpm", 40, {}),
         ("ddim", 40, {}),
         ("ddim", 100, {"eta": 1.0}),
@@ -548,13 +548,35 @@ SCHEDULERS = [
         {"temperature": 1.0, "block_length": 2},
     ),
     (
+        "confidence",
+        lambda: ConfidenceScheduler(
+            V, mask_id=M, block_length=2, remasking="random", logits_eos_inf=True, eos_id=0
+        ),
+        logits_denoiser(),
+        {"block_length": 2, "remasking": "random", "logits_eos_inf": True, "eos_id": 0},
+    ),
+    (
         "d3pm",
         lambda: D3PMScheduler(TransitionSchedule.from_betas([0.2] * 9, "uniform", V)),
         logits_denoiser(PI_UNIFORM),
         {},
     ),
-    ("ddpm", lambda: DDPMScheduler(GaussianSchedule.linear(30, 1e-3, 0.3)), None, {}),
-    ("ddim", lambda: DDIMScheduler(GaussianSchedule.linear(30, 1e-3, 0.3), eta=0.5), None, {}),
+    (
+        "ddpm",
+        lambda: DDPMScheduler(
+            schedule=GaussianSchedule.linear(30, 1e-3, 0.3), convention="fastdiff"
+        ),
+        None,
+        {},
+    ),
+    (
+        "ddim",
+        lambda: DDIMScheduler(
+            schedule=GaussianSchedule.linear(30, 1e-3, 0.3), convention="fastdiff", eta=0.5
+        ),
+        None,
+        {},
+    ),
 ]
 
 
@@ -579,6 +601,44 @@ def test_scheduler_step_agrees_with_sample(method, make, den, opts):
     got = sample(den, shape, method=method, steps=steps, seed=1234, loop="python", **kw)
     x = sched.init_sample(shape, seed=1234)
     assert torch.equal(_manual(sched, den, x, 1234, steps), got)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("ddpm", dict(num_train_timesteps=40)),
+        (
+            "ddpm",
+            dict(num_train_timesteps=40, timestep_spacing="trailing", variance_type="fixed_large"),
+        ),
+        ("ddim", dict(num_train_timesteps=40, eta=0.7, prediction_type="v_prediction")),
+    ],
+)
+def test_diffusers_convention_step_agrees_with_sample(method, options):
+    """diffusers' convention (float32 tables: the update in torch, clipping on) through
+    ``sample(..., convention="diffusers")``: a ``step(seed=, fixed=)`` loop gives the same
+    state, and the fixed positions keep ``init``."""
+    sched = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[method](**options)
+
+    def den(x, t):
+        return 0.3 * x + 0.01 * t.to(x.dtype)[:, None, None] * x.roll(1, 1)
+
+    init, keep = torch.randn(3, L, 2), prefix_mask((3, L), 1)
+    got = sample(
+        den,
+        (3, L, 2),
+        method=method,
+        steps=6,
+        seed=5,
+        init=init,
+        fixed=keep,
+        loop="python",
+        convention="diffusers",
+        **options,
+    )
+    x, kept = sched.start((3, L, 2), init=init, fixed=keep, seed=5)
+    assert torch.equal(_manual(sched, den, x, 5, 6, fixed=kept), got)
+    assert torch.equal(got[keep], init[keep]) and not torch.equal(got, init)
 
 
 @pytest.mark.parametrize(
@@ -614,7 +674,7 @@ def test_add_noise():
     xt = sched.add_noise(x0, None, sched.timesteps[0], seed=1)
     frac = float((xt == M).double().mean())  # 1 - e^-sigma(1) = 1 - 1e-3
     assert frac > 0.99 and torch.equal(xt[xt != M], x0[xt != M])
-    g = DDPMScheduler(GaussianSchedule.linear(10))
+    g = DDPMScheduler(schedule=GaussianSchedule.linear(10))
     z = torch.randn(4, 3, 2)
     t = torch.tensor([0, 3, 5, 9])
     a = g.schedule.alphas_cumprod[t][:, None, None]
@@ -863,12 +923,12 @@ def test_d3pm_absorbing_chain_exits_early(engine):
     x, loop = samplers.build_loop(kw.pop("method"), (32, L), **kw)
     loop.mask_id = None
     full = samplers.loop.run_loop(logits_denoiser(), x, loop, engine=engine)
-    assert full.steps_run == 12 and torch.equal(full.x, res.tokens)
+    assert full.steps_run == 12 and torch.equal(full.x_t, res.tokens)
 
 
 @pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
 def test_gaussian_add_noise_rounds_and_checks_timesteps(cls):
-    g = cls(GaussianSchedule.linear(10))
+    g = cls(schedule=GaussianSchedule.linear(10))
     x0, z = torch.ones(2, 3, 2), torch.randn(2, 3, 2)
     for scalar, index in ((2.6, 3), (2.5, 2), (3.5, 4), (9.4, 9), (-0.4, 0)):
         want = g.add_noise(x0, z, torch.tensor([index, index]))

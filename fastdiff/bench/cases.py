@@ -31,8 +31,8 @@ concrete_score_matching_*         as score_entropy_absorb / score_entropy_unifor
 linear_* (fwd+bwd)                ``2 (N + V) H e + 20 N``: hidden and projection read, their
                                   gradients written; flops ``6 Nm V H`` (projection of the
                                   masked rows, and the two gradient matmuls)
-corrupt_absorb                    ``20 N`` (x0, sigma read, x_t written)
-corrupt_dense                     ``N V e + 16 N`` (the row ``Qbar[x0]`` of each token)
+add_noise_absorb                  ``20 N`` (x0, sigma read, x_t written)
+add_noise_dense                   ``N V e + 16 N`` (the row ``Qbar[x0]`` of each token)
 sample_categorical                ``N V e + 8 N``
 sedd_analytic_absorb              ``Nm V e + 24 N`` (x, sigma, sigma_next read, x written)
 sedd_euler_absorb                 ``Nm V e + 20 N`` (x, dsigma read, x written)
@@ -41,7 +41,7 @@ sedd_analytic_uniform             ``N V e + 24 N`` (every row is read)
 d3pm_step                         ``N V e + 2 V^2 e + 16 N`` (x0 logits, the two matrices)
 mdlm_step                         ``Nm V e + 24 N``
 confidence_unmask_step            ``Nm V e + 16 N``
-q_sample (token input)            ``4 N H e + 12 N``: ids, abar and the rows ``E[x0]`` read;
+add_noise_gaussian (token input)  ``4 N H e + 12 N``: ids, abar and the rows ``E[x0]`` read;
                                   x_t, noise, x0 written
 ddpm_step, ddim_step              ``3 N H e + 8 N`` (model output, x_t read; x' written)
 gaussian_loss (fwd+bwd)           ``3 N H e + 12 N``: prediction and target read, the
@@ -509,7 +509,7 @@ CASES: tuple[Case, ...] = (
     ),
     # ---------------------------------------------------------------- noising
     Case(
-        "corrupt_absorb", "noising", "fwd", SCORES, "corrupt",
+        "add_noise_absorb", "noising", "fwd", SCORES, "corrupt",
         make=lambda shape, dtype, device, gen: _tokens(shape, device, gen),
         public=lambda d: fastdiff.add_noise(
             d["x0"], sigma=d["sigma"], graph="absorb", vocab_size=d["vocab"], mask_id=d["mask_id"],
@@ -523,7 +523,7 @@ CASES: tuple[Case, ...] = (
         dtypes=(torch.float32,),
     ),
     Case(
-        "corrupt_dense", "noising", "fwd", DENSE, "corrupt_dense",
+        "add_noise_dense", "noising", "fwd", DENSE, "corrupt_dense",
         make=_dense_inputs,
         public=lambda d: fastdiff.add_noise_dense(d["x0"], d["transition"], seed=0),
         reference=ref_noising.corrupt_dense,
@@ -635,7 +635,7 @@ CASES: tuple[Case, ...] = (
     ),
     # ---------------------------------------------------------------- gaussian
     Case(
-        "q_sample", "gaussian", "fwd", GATHER, "q_sample",
+        "add_noise_gaussian", "gaussian", "fwd", GATHER, "q_sample",
         make=_gather_inputs,
         public=lambda d: fastdiff.add_noise_gaussian(
             d["ids"], alpha_bar=d["abar"], embedding=d["embedding"], seed=0),
@@ -650,7 +650,8 @@ CASES: tuple[Case, ...] = (
         "ddpm_step", "gaussian", "fwd", STATE, "ddpm_step",
         make=_state_inputs,
         public=lambda d: fastdiff.ddpm_step(
-            d["eps"], d["x_t"], alpha_bar=d["abar"], alpha_bar_next=d["abar_prev"], seed=0),
+            d["eps"], d["x_t"], alpha_bar=d["abar"], alpha_bar_next=d["abar_prev"],
+            variance_type="fixed_large", seed=0),
         reference=ref_gaussian.ddpm_step,
         reference_args=lambda d: (d["eps"], d["x_t"], d["abar64"], d["abar_prev64"], "eps",
                                   "beta", None, None, None, None, 0, 0),

@@ -281,10 +281,10 @@ def _gaussian(dtype: torch.dtype) -> None:
     # A covering set of the step flags: every value of each (prediction, variance / eta,
     # guidance, noise drawn or given, fixed rows), and each DDIM / DDPM mode with drawn noise.
     for prediction, variance, eta, guided, noise, fixed in (
-        ("eps", "beta", 0.0, False, None, None),
-        ("x0", "posterior", 1.0, True, None, _fixed()),
-        ("eps", "posterior", 1.0, False, torch.empty(N, H, dtype=dtype), _fixed()),
-        ("x0", "beta", 0.0, True, torch.empty(N, H, dtype=dtype), None),
+        ("epsilon", "fixed_large", 0.0, False, None, None),
+        ("sample", "fixed_small", 1.0, True, None, _fixed()),
+        ("epsilon", "fixed_small", 1.0, False, torch.empty(N, H, dtype=dtype), _fixed()),
+        ("sample", "fixed_large", 0.0, True, torch.empty(N, H, dtype=dtype), None),
     ):
         guide = {"model_output_uncond": uncond, "guidance_scale": 2.0} if guided else {}
         fastdiff.ddpm_step(
@@ -292,8 +292,8 @@ def _gaussian(dtype: torch.dtype) -> None:
             x_t,
             alpha_bar=abar,
             alpha_bar_next=abar,
-            prediction=prediction,
-            variance=variance,
+            prediction_type=prediction,
+            variance_type=variance,
             noise=noise,
             fixed=fixed,
             seed=1,
@@ -305,7 +305,7 @@ def _gaussian(dtype: torch.dtype) -> None:
             alpha_bar=abar,
             alpha_bar_next=abar,
             eta=eta,
-            prediction=prediction,
+            prediction_type=prediction,
             noise=noise,
             fixed=fixed,
             seed=1,

@@ -62,7 +62,7 @@ SHORT_OF_GOAL = {
     "unmask_candidates prob, sampled": _NEAR,
     "sedd_analytic_step uniform": "the uniform graph's Tweedie weight needs the row's "
     "normaliser log sum S first (a second pass over the row) and an exp and a log per element",
-    "corrupt_dense (V = 4096)": "the row of Qbar holds probabilities: each element needs a log "
+    "add_noise_dense (V = 4096)": "the row of Qbar holds probabilities: each element needs a log "
     "(and the group sums an exp) before the race, at 2 bytes per element",
     "unmask_candidates entropy, greedy": "the entropy confidence needs the row's log-sum-exp "
     "before it can weight each element (two passes over the row)",
@@ -172,7 +172,7 @@ def _rows() -> list[Row]:
             loss,
         ),
         Row(
-            "corrupt absorb (per token)",
+            "add_noise absorb (per token)",
             "_corrupt_kernel",
             lambda: fastdiff.add_noise(
                 _tok(), sigma=_rowf(), graph="absorb", vocab_size=V, mask_id=m, seed=1
@@ -181,7 +181,7 @@ def _rows() -> list[Row]:
             "x0 (8 B) and sigma (4 B) read, x_t (8 B) written",
         ),
         Row(
-            "corrupt_dense (V = 4096)",
+            "add_noise_dense (V = 4096)",
             "_dense_race_kernel",
             lambda: fastdiff.add_noise_dense(
                 torch.zeros(16, 1024, dtype=torch.int64),
@@ -276,7 +276,7 @@ def _rows() -> list[Row]:
             read,
         ),
         Row(
-            "q_sample (token ids, noise drawn)",
+            "add_noise_gaussian (token ids, noise drawn)",
             "_q_sample_kernel",
             lambda: fastdiff.add_noise_gaussian(
                 _tok(), alpha_bar=_rowf(), embedding=torch.empty(V, H, dtype=DTYPE), seed=1

@@ -67,8 +67,12 @@ def make_scheduler(
     """The scheduler of ``method`` (one of :data:`METHODS`) with its method options.
 
     sedd_euler / sedd_analytic: ``eps`` (last time, 1e-5), ``denoise`` (final denoise, True);
-    confidence: ``threshold`` / ``factor`` / ``block_length`` / ``temperature`` / ``confidence``;
-    ddpm: ``prediction`` / ``variance``; ddim: ``prediction`` / ``eta``; mdlm, d3pm: none.
+    confidence: ``threshold`` / ``factor`` / ``block_length`` / ``temperature`` / ``confidence``
+    / ``remasking`` / ``logits_eos_inf`` / ``confidence_eos_eot_inf`` / ``eos_id`` / ``eot_id``;
+    ddpm / ddim: the arguments of :class:`~fastdiff.samplers.gaussian.DDPMScheduler` /
+    :class:`~fastdiff.samplers.gaussian.DDIMScheduler` (diffusers' names: ``prediction_type``,
+    ``variance_type``, ``clip_sample``, ``timestep_spacing``, ..., and DDIM's ``eta``) with
+    ``convention="fastdiff"`` unless given; mdlm, d3pm: none.
     ``schedule``: a :class:`~fastdiff.schedules.NoiseSchedule` (SEDD / MDLM / confidence,
     default ``LogLinear()``), a :class:`~fastdiff.transitions.TransitionSchedule` (d3pm,
     required) or a :class:`~fastdiff.schedules.GaussianSchedule` (ddpm / ddim, default
@@ -83,7 +87,8 @@ def make_scheduler(
             f"unknown option(s) {unknown} for method {method!r}; accepted: {list(cls.OPTIONS)}"
         )
     if method in GAUSSIAN_METHODS:
-        return cls(schedule, **options)
+        options.setdefault("convention", "fastdiff")
+        return cls(schedule=schedule, **options)
     if method == "d3pm":
         if schedule is None:
             raise ValueError("d3pm needs schedule=fastdiff.transitions.TransitionSchedule")
@@ -148,9 +153,10 @@ def build_loop(
 
 
 def guided_denoiser(denoiser: Callable, uncond, guidance_scale: float) -> Callable:
-    """The denoiser with classifier-free guidance ``out = u + s (c - u)`` (ops.md 4e; logit /
-    log-score space for discrete models, eps / x0 space for Gaussian ones), ``s =
-    guidance_scale`` in diffusers' convention (1 = no guidance):
+    """The denoiser with classifier-free guidance ``out = u + s (c - u)``
+    (docs/ops.md#classifier-free-guidance; logit / log-score space for discrete models, eps /
+    x0 space for Gaussian ones), ``s = guidance_scale`` in diffusers' convention (1 = no
+    guidance):
 
     - ``uncond`` a callable: a second (unconditional) denoiser with the same signature; two
       calls per step, ``c = denoiser(x, t)``, ``u = uncond(x, t)``;
@@ -204,8 +210,8 @@ def sample(
     fixed=None,
     guidance_scale: float = 1.0,
     uncond=None,
-    seed=None,
-    generator=None,
+    seed: int | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
     progress: bool = False,
     callback=None,
     return_trajectory: bool = False,
@@ -221,8 +227,8 @@ def sample(
         denoiser: discrete methods: ``denoiser(x_t [B, L] int64, sigma [B]) -> [B, L, V]``,
             log-scores for ``sedd_*``, logits for ``mdlm`` / ``confidence`` and ``x0`` logits
             for ``d3pm`` (whose time input is the step ``t`` as a float); Gaussian methods:
-            ``denoiser(x_t [B, L, H], t [B]) -> eps`` (``x0`` with ``prediction="x0"``), ``t``
-            the 0-based schedule index.
+            ``denoiser(x_t [B, L, H], t [B]) -> eps`` (``x0`` with
+            ``prediction_type="sample"``), ``t`` the 0-based schedule index.
         shape: ``(B, L)`` (discrete) or ``(B, L, H)`` (Gaussian).
         method: one of ``"sedd_euler"``, ``"sedd_analytic"``, ``"mdlm"``, ``"confidence"``,
             ``"d3pm"``, ``"ddpm"``, ``"ddim"``.
@@ -297,5 +303,5 @@ def sample(
         check_every=check_every,
     )
     if not return_trajectory:
-        return result.x
-    return SampleOutput(result.x, result.trajectory, result.steps_run, result.denoiser_calls)
+        return result.x_t
+    return SampleOutput(result.x_t, result.trajectory, result.steps_run, result.denoiser_calls)
