@@ -2,7 +2,7 @@
 
 The model is the demo's transformer denoiser (:class:`fastdiff.demo.model.Denoiser`; by default
 a small transformer: width 384, 8 blocks, 6 heads, byte vocabulary 257, length 1024), sampled
-with ``fastdiff.sample(..., method="mdlm")`` (the demo's ``masked`` objective) at batch 1 and 64.
+with ``fastdiff.sample(..., method="mdlm")`` (the demo's ``mdlm`` objective) at batch 1 and 64.
 Its zero-initialized layers (adaLN modulation, output head) get small random weights, so that the
 logits, and hence the tokens, depend on the input (the untrained model predicts the uniform
 distribution); the work per call is the same either way.
@@ -111,9 +111,9 @@ def build_model(config: ModelConfig, device: torch.device, seed: int = 0) -> Den
 
 
 def make_denoiser(model: nn.Module, precision: str, device: torch.device) -> Callable:
-    """``(x, sigma) -> logits`` as the ``masked`` objective passes it to the sampler; with
+    """``(x, sigma) -> logits`` as the ``mdlm`` objective passes it to the sampler; with
     ``bf16`` the forward runs under autocast (no weight cache: safe inside a graph capture)."""
-    denoise = objectives.get("masked").denoiser(model)
+    denoise = objectives.get("mdlm").denoiser(model)
     if precision != "bf16":
         return denoise
 
@@ -146,7 +146,7 @@ def _sample_fn(
 ) -> Callable[..., object]:
     """``run(trajectory=False)``: one seeded ``fastdiff.sample`` call of ``steps`` MDLM steps
     with ``engine`` (the same start state and randomness every call)."""
-    objective = objectives.get("masked")
+    objective = objectives.get("mdlm")
 
     def run(trajectory: bool = False):
         return fastdiff.sample(

@@ -15,7 +15,7 @@ Public ops (each validates its inputs, then runs a Triton kernel or the referenc
   run by the step loop of :mod:`fastdiff.samplers.loop` (C++ when ``fastdiff._C`` is built)
 """
 
-from fastdiff import likelihood, samplers, schedules, transitions
+from fastdiff import likelihood, nn, samplers, schedules, transitions
 from fastdiff.backend import get_backend, register_kernel, set_backend, use_backend
 from fastdiff.checks import set_value_checks, value_checks
 from fastdiff.d3pm import d3pm_hybrid_loss, d3pm_posterior, d3pm_posterior_logits, d3pm_step
@@ -47,6 +47,7 @@ from fastdiff.samplers import (
     SchedulerOutput,
     SEDDAnalyticScheduler,
     SEDDEulerScheduler,
+    generate,
     infill_mask,
     prefix_mask,
     sample,
@@ -62,7 +63,7 @@ from fastdiff.updates import (
     unmask_candidates,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfidenceScheduler",
@@ -91,6 +92,7 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "gaussian_loss",
+    "generate",
     "get_backend",
     "infill_mask",
     "likelihood",
@@ -98,6 +100,7 @@ __all__ = [
     "linear_score_entropy",
     "masked_diffusion_loss",
     "mdlm_step",
+    "nn",
     "prefix_mask",
     "register_kernel",
     "round_to_embedding",

@@ -21,6 +21,7 @@ TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--seq-len", "32", "--bat
 QUICK = ["--sample-steps", "4", "--num-samples", "2", "--eval-windows", "8"]
 QUICK += ["--corpus-bytes", "400000", "--no-progress", "--no-plot", "--threads", "1"]
 LN256 = math.log(256)
+KINDS = [("mdlm", "absorb"), ("sedd", "absorb"), ("sedd", "uniform")]  # (objective, graph)
 
 
 @pytest.fixture(autouse=True)
@@ -128,11 +129,11 @@ def test_model_shapes_and_untrained_output():
         ModelConfig(dim=30, heads=4)
 
 
-@pytest.mark.parametrize("name", ["masked", "absorb"])
+@pytest.mark.parametrize("name", ["mdlm", "sedd"])
 def test_untrained_loss_is_the_uniform_nelbo(name):
     """The untrained model predicts uniformly over the 256 bytes; on the log-linear schedule
     both absorbing objectives then have expectation exactly ``(1 - eps) ln 256`` nats / token
-    (masked: weight ``1/t`` times mask rate ``(1 - eps) t`` times ``ln 256``; absorbing score
+    (mdlm: weight ``1/t`` times mask rate ``(1 - eps) t`` times ``ln 256``; absorbing score
     entropy: ``dsigma r ln(V - 1)`` per masked token, the same value). Estimate from 4096
     sequences of 32 tokens: standard deviation about 0.06 (the 1/t weight), bound 0.3."""
     obj = objectives.get(name)
@@ -147,8 +148,8 @@ def test_objective_losses_are_differentiable_and_finite():
     torch.manual_seed(0)
     x0 = torch.randint(0, 256, (4, 16))
     t = sample_times(4, antithetic=True, generator=torch.Generator().manual_seed(0))
-    for name in objectives.OBJECTIVES:
-        obj = objectives.get(name)
+    for name, graph in KINDS:
+        obj = objectives.get(name, graph)
         model = Denoiser(ModelConfig(vocab_size=obj.vocab_size, max_len=16, dim=16, heads=2))
         torch.nn.init.normal_(model.head.weight, std=0.1)
         loss = obj.loss(model, x0, t, seed=1)
@@ -158,6 +159,10 @@ def test_objective_losses_are_differentiable_and_finite():
         assert float(model.head.weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="unknown objective"):
         objectives.get("gaussian")
+    with pytest.raises(ValueError, match="absorbing"):
+        objectives.get("mdlm", "uniform")
+    with pytest.raises(ValueError, match="unknown graph"):
+        objectives.get("sedd", "dense")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,9 +170,9 @@ def test_objective_losses_are_differentiable_and_finite():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", objectives.OBJECTIVES)
-def test_infill_keeps_prefix_and_suffix(name):
-    obj = objectives.get(name)
+@pytest.mark.parametrize(("name", "graph"), KINDS)
+def test_infill_keeps_prefix_and_suffix(name, graph):
+    obj = objectives.get(name, graph)
     torch.manual_seed(0)
     model = Denoiser(ModelConfig(vocab_size=obj.vocab_size, max_len=32, dim=16, heads=2)).eval()
     torch.nn.init.normal_(model.head.weight, std=1.0)  # not uniform: non-trivial draws
@@ -228,7 +233,7 @@ def test_short_demo_learns_and_writes_its_summary(tmp_path, capsys):
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
     """Training 6 steps, saving, and training 6 more from the checkpoint gives bit-identical
     weights and loss history to 12 uninterrupted steps (same per-step seeds)."""
-    obj = objectives.get("masked")
+    obj = objectives.get("mdlm")
     cfg = train.TrainConfig(steps=12, batch_size=4, seq_len=16, warmup=3, checkpoint_every=6)
     model_cfg = ModelConfig(max_len=16, dim=16, depth=1, heads=2)
     stream = torch.randint(0, 256, (5000,), dtype=torch.uint8)
@@ -236,12 +241,12 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     path = tmp_path / "ckpt.pt"
 
     def save(st):
-        train.save_checkpoint(path, st, model_cfg, cfg, obj.name)
+        train.save_checkpoint(path, st, model_cfg, cfg, obj)
 
     full = train.build(model_cfg, cfg, single.device)
     train.train(full, obj, stream, cfg, single, progress=False, checkpoint=save)
     ckpt = train.load_checkpoint(path, single.device)
-    assert ckpt["step"] == 6
+    assert ckpt["step"] == 6 and (ckpt["objective"], ckpt["graph"]) == ("mdlm", "absorb")
     resumed = train.build(model_cfg, cfg, single.device)
     train.restore(resumed, ckpt)
     train.train(resumed, obj, stream, cfg, single, progress=False, checkpoint=lambda st: None)
@@ -266,7 +271,7 @@ def test_cli_resume_continues_and_checks_the_objective(tmp_path):
     assert b["settings"]["seed"] == 7 and b["settings"]["lr"] == 3e-3
     assert b["settings"]["steps"] == 4 and b["history"] == a["history"] == c["history"]
     with pytest.raises(SystemExit):
-        command.main(["--out", str(tmp_path / "c"), *TINY, *QUICK, "--loss", "absorb",
+        command.main(["--out", str(tmp_path / "c"), *TINY, *QUICK, "--objective", "sedd",
                       "--resume", str(ckpt)])  # fmt: skip
     with pytest.raises(SystemExit):
         command.main(["--steps", "0", "--out", str(tmp_path / "d")])
@@ -275,14 +280,13 @@ def test_cli_resume_continues_and_checks_the_objective(tmp_path):
 def test_cli_subcommand_and_objectives(tmp_path):
     from fastdiff import cli
 
-    for name in ("absorb", "uniform"):
-        out = tmp_path / name
-        assert (
-            cli.main(["demo", "--loss", name, "--out", str(out), *TINY, *QUICK, "--steps", "3"])
-            == 0
-        )
+    for graph in ("absorb", "uniform"):
+        out = tmp_path / graph
+        argv = ["demo", "--objective", "sedd", "--graph", graph, "--out", str(out), *TINY]
+        assert cli.main([*argv, *QUICK, "--steps", "3"]) == 0
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["settings"]["objective"] == name
+        assert summary["settings"]["objective"] == "sedd"
+        assert summary["settings"]["graph"] == graph
         assert summary["settings"]["sampler"] == "sedd_analytic"
         assert all(math.isfinite(v) for _, v in summary["history"])
 
@@ -295,7 +299,7 @@ def test_cli_subcommand_and_objectives(tmp_path):
 def _simulated_ddp(ckpt: dict, steps: int, seed: int, data: corpus.Corpus) -> Denoiser:
     """Two ranks in one process: the mean of the per-rank losses (DDP averages gradients),
     each rank on its own shard and seeds, then the same clipping and optimizer step."""
-    obj = objectives.get("masked")
+    obj = objectives.get("mdlm")
     cfg = train.TrainConfig(**ckpt["train_config"])
     state = train.build(ModelConfig(**ckpt["model_config"]), cfg, torch.device("cpu"))
     for step in range(steps):

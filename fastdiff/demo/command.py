@@ -4,8 +4,8 @@ from it: unconditionally and by infilling (prefix and suffix given, middle gener
 Examples:
 
     fastdiff demo                                # masked diffusion (MDLM), < 5 min on a 2-core CPU
-    fastdiff demo --loss absorb                  # SEDD score entropy, absorbing graph
-    fastdiff demo --loss uniform --steps 2000    # SEDD score entropy, uniform graph
+    fastdiff demo --objective sedd               # SEDD score entropy, absorbing graph
+    fastdiff demo --objective sedd --graph uniform --steps 2000   # SEDD, uniform graph
     fastdiff demo --corpus notes.txt more_text/  # your own text (files or directories)
     fastdiff demo --resume demo_out/checkpoint.pt --steps 2000   # continue a run
     torchrun --nproc_per_node 2 -m fastdiff.demo # DistributedDataParallel (gloo / nccl)
@@ -74,11 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
     parser.add_argument(
-        "--loss",
+        "--objective",
         choices=objectives.OBJECTIVES,
-        default="masked",
-        help="masked: MDLM masked-diffusion cross entropy; absorb / uniform: SEDD score entropy "
-        "on that graph (default: masked)",
+        default="mdlm",
+        help="mdlm: masked-diffusion cross entropy; sedd: SEDD score entropy (default: mdlm)",
+    )
+    parser.add_argument(
+        "--graph",
+        choices=objectives.GRAPHS,
+        default="absorb",
+        help="the noising graph of sedd (mdlm is absorbing; default: absorb)",
     )
     sized("--steps", int, "training steps")
     sized("--batch-size", int, "sequences per step and process")
@@ -161,14 +166,16 @@ def _say(rank: train.Dist, *lines: str) -> None:
 
 
 def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
-    objective = objectives.get(args.loss)
+    objective = objectives.get(args.objective, args.graph)
     ckpt = None
     if args.resume is not None:
         ckpt = train.load_checkpoint(args.resume, rank.device)
-        if ckpt["objective"] != objective.name:
+        saved = (ckpt["objective"], ckpt.get("graph"))
+        if saved != (objective.name, objective.graph):
             raise ValueError(
-                f"--resume {args.resume}: checkpoint of the {ckpt['objective']!r} objective, "
-                f"not {objective.name!r} (pass --loss {ckpt['objective']})"
+                f"--resume {args.resume}: checkpoint of the {saved[0]!r} objective on the "
+                f"{saved[1]!r} graph, not {objective.label!r} (pass --objective {saved[0]} "
+                f"--graph {saved[1]})"
             )
     s = _settings(args, rank.device, None if ckpt is None else _saved_settings(ckpt))
     model_cfg = ModelConfig(objective.vocab_size, s["seq_len"], s["dim"], s["depth"], s["heads"])
@@ -192,7 +199,7 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
     ops = "Triton kernels" if rank.device.type == "cuda" else "PyTorch reference ops"
     _say(
         rank,
-        f"fastdiff demo: {objective.name} objective, {state.model.num_parameters():,} parameters "
+        f"fastdiff demo: {objective.label} objective, {state.model.num_parameters():,} parameters "
         f"on {rank.device} x {rank.world} ({ops})",
         f"corpus: {data.source}: {data.files} files, {data.train.numel():,} training and "
         f"{data.heldout.numel():,} held-out bytes",
@@ -218,7 +225,7 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
     def checkpoint(st: train.State) -> None:
         if rank.main:
             train.save_checkpoint(
-                checkpoint_path, st, model_cfg, cfg, objective.name, {**s, "seed": args.seed}
+                checkpoint_path, st, model_cfg, cfg, objective, {**s, "seed": args.seed}
             )
 
     with checks.value_checks(rank.device.type != "cuda"):
@@ -289,6 +296,7 @@ def _finish(
     summary = {
         "settings": {
             "objective": objective.name,
+            "graph": objective.graph,
             "sampler": objective.sampler,
             "parameters": model.num_parameters(),
             "device": str(next(model.parameters()).device),

@@ -1,111 +1,112 @@
-"""The demo's three training objectives, each a Monte-Carlo estimate of the negative ELBO in
-nats per token, built from fastdiff's ops.
+"""The demo's training objectives, each a Monte-Carlo estimate of the negative ELBO in nats per
+token, computed by the loss modules of :mod:`fastdiff.nn` on the model's hidden states and
+output head (fused: the ``[B, L, V]`` logits of a training batch are never formed).
 
-- ``masked`` (MDLM / LLaDA): absorbing noising, log-linear schedule, masked-diffusion cross
-  entropy with the continuous-time weight ``dsigma / expm1(sigma) = 1/t``, computed by the fused
-  projection + loss :func:`fastdiff.linear_masked_diffusion_loss` (the ``[B, L, V]`` logits are
-  never formed). Vocabulary: 256 bytes + the mask token.
-- ``absorb`` (SEDD absorbing): the same noising; log-scores ``scale_by_sigma(logits, sigma)``;
-  score entropy weighted by ``dsigma`` (:func:`fastdiff.score_entropy`).
-- ``uniform`` (SEDD uniform): uniform noising over the 256 bytes (no mask token), geometric
+- ``mdlm`` (MDLM / LLaDA, :class:`fastdiff.nn.MaskedDiffusionLoss`): absorbing noising,
+  log-linear schedule, masked-diffusion cross entropy with the continuous-time weight
+  ``dsigma / expm1(sigma) = 1/t``. Vocabulary: 256 bytes + the mask token.
+- ``sedd`` on the absorbing graph (:class:`fastdiff.nn.ScoreEntropyLoss`): the same noising;
+  log-scores ``scale_by_sigma(logits, sigma)``; score entropy weighted by ``dsigma``.
+- ``sedd`` on the uniform graph: uniform noising over the 256 bytes (no mask token), geometric
   schedule ``sigma in [1e-4, 20]``; the logits are the log-scores; score entropy weighted by
-  ``dsigma`` through the fused :func:`fastdiff.linear_score_entropy`.
+  ``dsigma``.
 
-Per step: ``t = sample_times(B, antithetic=True)`` (one time per sequence), ``sigma, dsigma =
-schedule(t)``, ``x_t = corrupt(x0, sigma)``, loss = the objective's weighted loss averaged over
-all ``B x L`` positions (positions left clean contribute 0).
+Per step: ``t = sample_times(B, antithetic=True)`` (one time per sequence, drawn by the training
+loop), ``sigma, dsigma = schedule(t)``, ``x_t = add_noise(x0, sigma=sigma)``, loss = the
+objective's weighted loss averaged over all ``B x L`` positions (positions left clean
+contribute 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 import fastdiff
+import fastdiff.nn as fnn
 from fastdiff.demo.corpus import MASK_ID, VOCAB_SIZE
 from fastdiff.likelihood import perplexity_bound
-from fastdiff.schedules import Geometric, LogLinear, NoiseSchedule, sample_times
+from fastdiff.schedules import NoiseSchedule, sample_times
 
-OBJECTIVES = ("masked", "absorb", "uniform")
+OBJECTIVES = ("mdlm", "sedd")
+GRAPHS = ("absorb", "uniform")
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """One training objective: its graph, vocabulary, mask id (``None`` for the uniform graph),
-    schedule and the matching sampler of :func:`fastdiff.samplers.sample`."""
+    """One training objective: its name (``"mdlm"`` / ``"sedd"``), graph, the matching sampler
+    of :func:`fastdiff.samplers.sample` and the loss module that computes it."""
 
     name: str
     graph: str
-    vocab_size: int
-    mask_id: int | None
-    schedule: NoiseSchedule
     sampler: str
+    loss_fn: fnn.MaskedDiffusionLoss | fnn.ScoreEntropyLoss
 
-    def corrupt(self, x0: Tensor, sigma: Tensor, seed: int) -> Tensor:
-        """``x_t ~ q(x_t | x0)`` for ``x0 [B, L]``, ``sigma [B]``."""
-        return fastdiff.add_noise(
-            x0,
-            sigma=sigma,
-            graph=self.graph,
-            vocab_size=self.vocab_size,
-            mask_id=self.mask_id,
-            seed=seed,
-        )
+    @property
+    def label(self) -> str:
+        """``"mdlm"``, ``"sedd/absorb"`` or ``"sedd/uniform"``."""
+        return self.name if self.name == "mdlm" else f"{self.name}/{self.graph}"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.loss_fn.vocab_size
+
+    @property
+    def mask_id(self) -> int | None:
+        """The mask token (``None`` on the uniform graph)."""
+        return self.loss_fn.mask_id
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.loss_fn.schedule
 
     def loss(self, model: nn.Module, x0: Tensor, t: Tensor, seed: int) -> Tensor:
-        """Mean over the ``B x L`` positions of the weighted per-position loss (nats / token).
+        """Mean over the ``B x L`` positions of the weighted per-position loss (nats / token)
+        at the times ``t [B]`` with the noising ``seed``.
 
-        ``model(x, sigma, hidden_only=True)`` must return hidden states ``[B, L, D]`` and
-        ``model(x, sigma)`` logits; the output head is read from ``head_of(model)``.
+        ``model(x, sigma, hidden_only=True)`` must return hidden states ``[B, L, D]`` (called
+        through the module, so a ``DistributedDataParallel`` wrapper sees the call); the output
+        head is read from ``head_of(model)``.
         """
-        sigma, dsigma = self.schedule(t)
-        x_t = self.corrupt(x0, sigma, seed)
-        head = head_of(model)
-        if self.name == "masked":
-            hidden = model(x_t, sigma, hidden_only=True)
-            return fastdiff.linear_masked_diffusion_loss(
-                hidden,
-                head.weight,
-                x_t,
-                x0,
-                mask_id=self.mask_id,
-                bias=head.bias,
-                weight=self.schedule.loss_weight(t),
-                reduction="mean",
-            )
-        if self.name == "uniform":
-            hidden = model(x_t, sigma, hidden_only=True)
-            return fastdiff.linear_score_entropy(
-                hidden, head.weight, x_t, x0, sigma=sigma, bias=head.bias, graph="uniform",
-                weight=dsigma, reduction="mean",
-            )  # fmt: skip
-        log_score = fastdiff.scale_by_sigma(model(x_t, sigma), sigma=sigma)
-        return fastdiff.score_entropy(
-            log_score, x_t, x0, sigma=sigma, graph="absorb", mask_id=self.mask_id, weight=dsigma,
-            reduction="mean",
-        )  # fmt: skip
+        return self.loss_fn(
+            model,
+            x0,
+            t=t,
+            seed=seed,
+            projection=head_of(model),
+            model_kwargs={"hidden_only": True},
+        )
 
     def denoiser(self, model: nn.Module) -> Denoise:
-        """``(x_t [B, L], sigma [B]) -> [B, L, V]``: logits (``masked``) or log-scores (SEDD),
+        """``(x_t [B, L], sigma [B]) -> [B, L, V]``: logits (``mdlm``) or log-scores (SEDD),
         the model output that :func:`fastdiff.samplers.sample` expects."""
-        if self.name == "absorb":
+        if getattr(self.loss_fn, "scale_by_sigma", False):
             return lambda x, sigma: fastdiff.scale_by_sigma(model(x, sigma), sigma=sigma)
         return lambda x, sigma: model(x, sigma)
 
 
-def get(name: str) -> Objective:
-    """The objective called ``name`` (one of :data:`OBJECTIVES`)."""
-    if name == "masked":
-        return Objective(name, "absorb", VOCAB_SIZE, MASK_ID, LogLinear(), "mdlm")
-    if name == "absorb":
-        return Objective(name, "absorb", VOCAB_SIZE, MASK_ID, LogLinear(), "sedd_analytic")
-    if name == "uniform":
-        return Objective(name, "uniform", 256, None, Geometric(1e-4, 20.0), "sedd_analytic")
-    raise ValueError(f"unknown objective {name!r}; expected one of {OBJECTIVES}")
+def get(name: str, graph: str = "absorb") -> Objective:
+    """The objective ``name`` (one of :data:`OBJECTIVES`) on ``graph`` (one of :data:`GRAPHS`;
+    ``"mdlm"`` is absorbing)."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; expected one of {OBJECTIVES}")
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; expected one of {GRAPHS}")
+    if name == "mdlm":
+        if graph != "absorb":
+            raise ValueError("the mdlm objective is masked (absorbing) diffusion: --graph absorb")
+        return Objective(
+            name, graph, "mdlm", fnn.MaskedDiffusionLoss(vocab_size=VOCAB_SIZE, mask_id=MASK_ID)
+        )
+    if graph == "absorb":
+        loss_fn = fnn.ScoreEntropyLoss(vocab_size=VOCAB_SIZE, graph=graph, mask_id=MASK_ID)
+    else:
+        loss_fn = fnn.ScoreEntropyLoss(vocab_size=256, graph=graph)
+    return Objective(name, graph, "sedd_analytic", loss_fn)
 
 
 def head_of(model: nn.Module) -> nn.Linear:
@@ -145,7 +146,7 @@ def likelihood_bound(
     bound = perplexity_bound(
         objective.denoiser(model),
         batches,
-        objective="mdlm" if objective.name == "masked" else "sedd",
+        objective=objective.name,
         graph=objective.graph,
         schedule=objective.schedule,
         vocab_size=objective.vocab_size,

@@ -69,7 +69,8 @@ def plot(summary: dict, path: Path) -> Path:
     ax.axhline(held["untrained"], color="tab:red", ls="--", label="held-out, untrained")
     ax.axhline(held["trained"], color="tab:green", ls="--", label="held-out, trained")
     s = summary["settings"]
-    ax.set_title(f"fastdiff demo: {s['objective']} objective, {s['parameters']:,} parameters")
+    name = s["objective"] if s["objective"] == "mdlm" else f"{s['objective']}/{s['graph']}"
+    ax.set_title(f"fastdiff demo: {name} objective, {s['parameters']:,} parameters")
     ax.set_xlabel("step")
     ax.set_ylabel("negative ELBO estimate (nats / token)")
     top = max(held["untrained"], min(losses[: max(1, len(losses) // 20)], default=0.0))

@@ -1,5 +1,5 @@
 """The demo's sampling: unconditional sequences and infilling of held-out text, both with
-:func:`fastdiff.samplers.sample` (``mdlm`` for the masked objective, ``sedd_analytic`` for the
+:func:`fastdiff.samplers.sample` (``mdlm`` for the mdlm objective, ``sedd_analytic`` for the
 SEDD ones).
 
 Infilling keeps the first and last quarter of a held-out window (``fixed`` positions, passed

@@ -16,8 +16,8 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -136,11 +136,12 @@ def save_checkpoint(
     state: State,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
-    objective: str,
+    objective: Objective,
     settings: dict | None = None,
 ) -> None:
     """Write the checkpoint atomically (a temporary file renamed over ``path``); ``settings``
-    (the run's command-line settings) are what ``--resume`` continues with."""
+    (the run's command-line settings) are what ``--resume`` continues with; the objective is
+    recorded by name and graph."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
@@ -152,7 +153,8 @@ def save_checkpoint(
             "seconds": state.seconds,
             "model_config": dataclasses.asdict(model_cfg),
             "train_config": dataclasses.asdict(cfg),
-            "objective": objective,
+            "objective": objective.name,
+            "graph": objective.graph,
             "settings": dict(settings or {}),
         },
         tmp,
@@ -205,7 +207,7 @@ def train(
     bar = tqdm(
         total=cfg.steps,
         initial=state.step,
-        desc=f"training ({objective.name})",
+        desc=f"training ({objective.label})",
         unit="step",
         disable=not (progress and rank.main),
         dynamic_ncols=True,
