@@ -1,4 +1,4 @@
-"""Noise schedules for text diffusion models (ops spec, section 1).
+"""Noise schedules for text diffusion models (docs/ops.md#schedules).
 
 Two families live here.
 

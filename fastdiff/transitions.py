@@ -1,4 +1,4 @@
-"""D3PM transition matrices (ops.md section 2, "dense transition"; Austin et al. 2021).
+"""D3PM transition matrices (docs/ops.md#transition-matrices; Austin et al. 2021).
 
 A one-step matrix ``Q_t`` ``[V, V]`` is row-stochastic: ``Q_t[i, j] = q(x_t = j | x_{t-1} = i)``.
 The cumulative matrix ``Qbar_t = Q_1 Q_2 ... Q_t`` gives ``q(x_t = j | x0 = i) = Qbar_t[i, j]``.

@@ -159,7 +159,8 @@ def absorb_coef(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_coef(sigma: torch.Tensor, same: torch.Tensor, vocab: int) -> torch.Tensor:
-    """``(ratio, 1/e, K)`` of the uniform graph per row (ops.md 3a), fp32 ``[3, N]``."""
+    """``(ratio, 1/e, K)`` of the uniform graph per row, fp32 ``[3, N]``
+    (docs/ops.md#score-entropy-uniform-graph)."""
     sig = sigma.detach().double()
     ratio, log_ratio = uniform_ratio(sig, vocab)
     const = uniform_const(ratio, log_ratio, same, vocab)

@@ -1,6 +1,7 @@
-"""Gaussian (embedding-space) diffusion kernels (ops.md 2, 3d): forward noising with the
-embedding gather, and the eps / x0 regression loss with its gradient; the tile helpers that
-:mod:`fastdiff.kernels.gaussian_steps` (DDPM / DDIM) shares.
+"""Gaussian (embedding-space) diffusion kernels: forward noising with the embedding gather
+(docs/ops.md#gaussian-noising), and the eps / x0 regression loss with its gradient
+(docs/ops.md#gaussian-loss); the tile helpers that :mod:`fastdiff.kernels.gaussian_steps`
+(DDPM / DDIM) shares.
 
 Each kernel is one pass over ``[N, H]`` states in tiles of ``[BLOCK_N rows, BLOCK_H features]``
 (int64 offsets, fp32 arithmetic on fp16 / bf16 / fp32 inputs, outputs in the reference's

@@ -1,5 +1,5 @@
-"""Rounding to the nearest embedding row (Diffusion-LM clamping, ops.md 4e) without the
-``[N, V]`` score matrix.
+"""Rounding to the nearest embedding row (Diffusion-LM clamping,
+docs/ops.md#rounding-to-the-embedding) without the ``[N, V]`` score matrix.
 
 ``token = argmax_v 2 E_v . x - ||E_v||^2`` (``= argmin_v ||E_v - x||^2``). A first small
 kernel writes the fp32 row norms ``||E_v||^2`` ``[V]``. Then one program takes ``BLOCK_M`` rows

@@ -1,5 +1,5 @@
-"""DDPM and DDIM step kernels (ops.md 4e): guidance, the mean, the variance choice, the noise
-and the last-step rule in one pass over ``[N, H]``.
+"""DDPM and DDIM step kernels (docs/ops.md#ddpm-step, docs/ops.md#ddim-step): guidance, the
+mean, the variance choice, the noise and the last-step rule in one pass over ``[N, H]``.
 
 One kernel serves both steps (``DDIM`` constexpr). Per row it forms the reference's float64
 coefficients from ``abar`` / ``abar_prev`` (/ ``eta``) with the same formulas and casts them to

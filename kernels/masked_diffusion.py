@@ -1,4 +1,5 @@
-"""Masked-diffusion cross entropy kernel (MDLM SUBS, ops.md 3b) with the gradient fused in.
+"""Masked-diffusion cross entropy kernel (MDLM SUBS, docs/ops.md#masked-diffusion-cross-entropy)
+with the gradient fused in.
 
 One program per row. Masked rows: a first pass keeps a running max and a running sum of
 ``exp(s - max)`` over the columns ``j != m`` (online softmax); a second pass, only when a

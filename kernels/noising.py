@@ -1,4 +1,4 @@
-"""Noising kernels (ops.md section 2): absorbing / uniform corruption and dense-matrix rows.
+"""Noising kernels (docs/ops.md#noising): absorbing / uniform corruption and dense-matrix rows.
 
 Randomness is keyed by (seed, offset, row, column) exactly as in
 :mod:`fastdiff.reference.noising`, so for the same seed the kernels and the reference give the

@@ -1,4 +1,4 @@
-"""Score entropy kernels (SEDD, ops.md 3a): loss and gradient in one streaming pass.
+"""Score entropy kernels (SEDD, docs/ops.md#score-entropy): loss and gradient in one pass.
 
 The loss needs no normalization, so one program per row reads the log-scores once,
 accumulates the loss terms and, when a gradient is needed, writes ``d loss / d s`` in the same

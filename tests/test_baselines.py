@@ -155,7 +155,8 @@ def test_mdlm_loss_inplace_flag():
 
 
 # --------------------------------------------------------------------------------------------
-# transition probabilities of the sampling steps (fp64, against ops.md 4a-4c)
+# transition probabilities of the sampling steps (fp64, against docs/ops.md#sedd-sampling
+# and docs/ops.md#mdlm-ancestral-step)
 # --------------------------------------------------------------------------------------------
 
 
@@ -168,7 +169,7 @@ def _step_inputs(n: int, v: int, seed: int = 2):
     return log_score, x, m
 
 
-def test_sedd_analytic_probs_absorb_are_ops_md_4b():
+def test_sedd_analytic_probs_absorb_match_the_spec():
     s, x, m = _step_inputs(32, 11)
     sigma = torch.full((32,), 1.3, dtype=torch.float64)
     sigma_next = torch.full((32,), 1.1, dtype=torch.float64)
@@ -183,7 +184,7 @@ def test_sedd_analytic_probs_absorb_are_ops_md_4b():
     torch.testing.assert_close(p[~masked], torch.nn.functional.one_hot(x[~masked], 11).double())
 
 
-def test_sedd_euler_probs_absorb_are_ops_md_4a():
+def test_sedd_euler_probs_absorb_match_the_spec():
     s, x, m = _step_inputs(32, 11)
     dsigma = torch.full((32,), 2.0, dtype=torch.float64)
     dt = 0.01
@@ -196,7 +197,7 @@ def test_sedd_euler_probs_absorb_are_ops_md_4a():
     torch.testing.assert_close(p[~masked], torch.nn.functional.one_hot(x[~masked], 11).double())
 
 
-def test_sedd_analytic_probs_uniform_are_ops_md_4b():
+def test_sedd_analytic_probs_uniform_match_the_spec():
     s, x, _ = _step_inputs(32, 11)
     x = torch.randint(0, 11, (32,), generator=torch.Generator().manual_seed(2))
     s.scatter_(1, x[:, None], 0.0)
@@ -210,7 +211,7 @@ def test_sedd_analytic_probs_uniform_are_ops_md_4b():
     torch.testing.assert_close(p, stag * trans, rtol=1e-12, atol=1e-14)
 
 
-def test_mdlm_step_probs_are_ops_md_4c():
+def test_mdlm_step_probs_match_the_spec():
     s, x, m = _step_inputs(32, 11)
     st = torch.full((32,), 0.9, dtype=torch.float64)
     ss = torch.full((32,), 0.6, dtype=torch.float64)
@@ -304,7 +305,7 @@ def test_sedd_denoise_step_same_distribution_as_fastdiff():
     sig = torch.full((DRAWS,), 1e-3)
     base = baselines.sedd_denoise_step_absorb(s, x, sig, m)
     ours = fastdiff.sedd_denoise_step(s, x, sigma=sig, graph="absorb", mask_id=m, seed=1)
-    p = torch.softmax(s[0, :m].double(), -1)  # ops.md 4b: p_j ∝ S_j over j != m
+    p = torch.softmax(s[0, :m].double(), -1)  # docs/ops.md#sedd-denoise-step: p_j ∝ S_j, j != m
     assert _tv(_freqs(base, m), p) < 0.02
     assert _tv(_freqs(ours, v), torch.cat([p, p.new_zeros(1)])) < 0.02
 

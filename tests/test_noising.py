@@ -1,4 +1,5 @@
-"""Tests for fastdiff.add_noise: absorbing and uniform forward noising (ops.md section 2).
+"""Tests for fastdiff.add_noise: absorbing and uniform forward noising
+(docs/ops.md#absorbing-and-uniform-noising).
 
 Frequency checks use fixed seeds and bounds a correct sampler passes with probability at least
 1 - 1e-6 for a random seed: counts within 5 binomial standard deviations (two-sided

@@ -1,4 +1,4 @@
-"""Tests for fastdiff.sample_categorical (ops.md section 5).
+"""Tests for fastdiff.sample_categorical (docs/ops.md#categorical-sampling).
 
 Frequency checks use fixed seeds and bounds that a correct sampler passes with probability at
 least 1 - 1e-6 for a random seed: Pearson chi-square rejected only at p < 1e-6, Poisson and

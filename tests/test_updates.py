@@ -1,6 +1,7 @@
-"""Tests for the reverse (sampling) updates of fastdiff.updates (ops.md section 4a-4d).
+"""Tests for the reverse (sampling) updates of fastdiff.updates (docs/ops.md#sedd-sampling,
+docs/ops.md#mdlm-ancestral-step, docs/ops.md#unmask-candidates).
 
-Expected transition probabilities are written here directly from the formulas of ops.md 4a-4d
+Expected transition probabilities are written here directly from the formulas of docs/ops.md
 in float64 (never by calling library code) and compared with empirical frequencies of many
 identical rows. Every statistical comparison uses fixed seeds (so the tests are deterministic)
 and bounds that a correct sampler passes with overwhelming probability:
@@ -82,7 +83,7 @@ def rows(s: list[float], n: int = N_DRAWS, dtype=torch.float32) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# expected probabilities, straight from ops.md (float64)
+# expected probabilities, straight from docs/ops.md (float64)
 # --------------------------------------------------------------------------------------------
 
 
@@ -165,7 +166,7 @@ def test_frequency_check_rejects_a_slightly_wrong_distribution():
 
 
 # --------------------------------------------------------------------------------------------
-# SEDD Euler (ops.md 4a)
+# SEDD Euler (docs/ops.md#sedd-euler-step)
 # --------------------------------------------------------------------------------------------
 
 
@@ -229,7 +230,7 @@ def test_euler_zero_rate_keeps_every_token():
 
 
 # --------------------------------------------------------------------------------------------
-# SEDD analytic (ops.md 4b)
+# SEDD analytic (docs/ops.md#sedd-analytic-step)
 # --------------------------------------------------------------------------------------------
 
 
@@ -380,7 +381,7 @@ def test_analytic_true_score_chain_reaches_the_data_distribution():
 
 
 # --------------------------------------------------------------------------------------------
-# final denoise (ops.md 4b)
+# final denoise (docs/ops.md#sedd-denoise-step)
 # --------------------------------------------------------------------------------------------
 
 
@@ -407,7 +408,7 @@ def test_denoise_uniform_is_the_analytic_product(x0, sigma):
 
 
 # --------------------------------------------------------------------------------------------
-# MDLM ancestral (ops.md 4c)
+# MDLM ancestral (docs/ops.md#mdlm-ancestral-step)
 # --------------------------------------------------------------------------------------------
 
 MDLM_LOGITS = [0.5, 2.0, -1.0, 0.0, 1.0]
@@ -609,7 +610,7 @@ def test_update_invariants_property(vocab, data, op, seed):
 
 
 # --------------------------------------------------------------------------------------------
-# unmask_candidates (ops.md 4d, proposal half)
+# unmask_candidates (docs/ops.md#unmask-candidates, the proposal half)
 # --------------------------------------------------------------------------------------------
 
 

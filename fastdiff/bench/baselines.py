@@ -24,9 +24,10 @@ that fastdiff's reference and kernels can be timed against what users run today:
 They deliberately keep the public code's eager sequence of ops: the same full ``[N, V]``
 temporaries (boolean-index copies, ``F.one_hot`` int64 matrices, ``zeros_like`` scatters,
 ``logsumexp`` then subtract, a full ``[V, N]`` distance matrix), the same float32 Gumbel noise
-``1e-10 - (torch.rand_like(p) + 1e-10).log()`` (whose tail is capped near 23, see ops.md 5),
-the same ``-1e6`` "negative infinity" of MDLM and the same numerically unstable uniform ratio
-``1 - V / (expm1(sigma) + V)`` of SEDD (0 in float32 for small sigma; see ops.md 3a). Where
+``1e-10 - (torch.rand_like(p) + 1e-10).log()`` (whose tail is capped near 23, see
+docs/ops.md#categorical-sampling), the same ``-1e6`` "negative infinity" of MDLM and the same
+numerically unstable uniform ratio ``1 - V / (expm1(sigma) + V)`` of SEDD (0 in float32 for
+small sigma; see docs/ops.md#score-entropy-uniform-graph). Where
 SEDD assumes the mask token is the last column, so do these functions (``mask_id == V - 1``).
 
 Inputs are flattened like fastdiff's ops: scores ``[N, V]``, tokens ``[N]`` (int64) and

@@ -1,4 +1,4 @@
-"""Reference D3PM ops (ops.md 3c and 4c, Austin et al. 2021) on flattened, validated inputs.
+"""Reference D3PM ops (docs/ops.md#d3pm, Austin et al. 2021) on flattened, validated inputs.
 
 Shapes: ``x0_logits [N, V]`` (any float dtype), tokens ``x_t``, ``x0`` int64 ``[N]``, the
 one-step matrix ``q_step`` (``Q_t``) and the cumulative ``qbar_prev`` (``Qbar_{t-1}``), each
@@ -78,7 +78,8 @@ def log_posterior(
 def d3pm_posterior_logits(
     x0_logits: torch.Tensor, x_t: torch.Tensor, q_step: torch.Tensor, qbar_prev: torch.Tensor
 ) -> torch.Tensor:
-    """Unnormalized log ``p_theta(x_{t-1} | x_t)`` (ops.md 4c), per row ``[N, V]``::
+    """Unnormalized log ``p_theta(x_{t-1} | x_t)``, per row ``[N, V]``
+    (docs/ops.md#d3pm-posterior)::
 
         logits_j = log Q_t[j, x_t] + log sum_k softmax(x0_logits)_k Qbar_{t-1}[k, j]
 
@@ -131,7 +132,8 @@ def d3pm_hybrid_loss(
     hybrid_lambda: float,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """D3PM hybrid loss per row (ops.md 3c): ``L_vb + lambda * CE``, times ``weight [N]`` when
+    """D3PM hybrid loss per row (docs/ops.md#d3pm-hybrid-loss): ``L_vb + lambda * CE``, times
+    ``weight [N]`` when
     given (the public API passes the weight with ignored rows set to 0).
 
     - ``CE = -log softmax(x0_logits)[x0]``;

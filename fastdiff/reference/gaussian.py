@@ -1,4 +1,5 @@
-"""Reference Gaussian (continuous-state) diffusion ops (ops.md 2, 3d, 4e) on flattened inputs.
+"""Reference Gaussian (continuous-state) diffusion ops (docs/ops.md#gaussian-noising,
+docs/ops.md#gaussian-diffusion) on flattened inputs.
 
 Shapes: states and model outputs ``[N, H]`` (``N`` positions, ``H`` features), token ids
 ``[N]`` int64, an embedding table ``[V, H]``, per-row scalars (``abar``, ``abar_prev``,
@@ -82,8 +83,8 @@ def gaussian_loss(
     pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Per-row squared error ``sum_h (pred - target)^2`` ``[N]`` (eps- or x0-prediction MSE,
-    ops.md 3d), times ``weight [N]`` when given (the public API zeroes the weight of ignored
-    rows), in the compute dtype; differentiable through autograd."""
+    docs/ops.md#gaussian-loss), times ``weight [N]`` when given (the public API zeroes the
+    weight of ignored rows), in the compute dtype; differentiable through autograd."""
     ct = compute_dtype(pred.dtype, target.dtype)
     d = pred.to(ct) - target.to(ct)
     loss = (d * d).sum(-1)
@@ -133,7 +134,8 @@ def ddpm_step(
     seed: Seed,
     offset: int,
 ) -> torch.Tensor:
-    """DDPM ancestral step ``x_t -> x_{t-1}`` (ops.md 4e), ``0 < abar < 1``, ``abar_prev >= abar``.
+    """DDPM ancestral step ``x_t -> x_{t-1}`` (docs/ops.md#ddpm-step), ``0 < abar < 1``,
+    ``abar_prev >= abar``.
 
     With ``alpha = abar / abar_prev`` and ``beta = 1 - alpha``:
 
@@ -181,7 +183,7 @@ def ddim_step(
     seed: Seed,
     offset: int,
 ) -> torch.Tensor:
-    """DDIM step ``x_t -> x'`` from ``abar`` to ``abar' = abar_prev`` (ops.md 4e).
+    """DDIM step ``x_t -> x'`` from ``abar`` to ``abar' = abar_prev`` (docs/ops.md#ddim-step).
 
     ``prediction="eps"``: ``eps`` is the model output and
     ``x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``; ``prediction="x0"``: ``x0_hat`` is the
@@ -217,7 +219,8 @@ def ddim_step(
 def round_to_embedding(
     x: torch.Tensor, embedding: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest embedding row of every ``x [N, H]`` (Diffusion-LM clamping, ops.md 4e).
+    """Nearest embedding row of every ``x [N, H]`` (Diffusion-LM clamping,
+    docs/ops.md#rounding-to-the-embedding).
 
     ``tokens = argmax_v 2 E_v . x - ||E_v||^2`` (``= argmin_v ||E_v - x||^2``; ties: lowest
     index), computed in float32 (float64 when an input is float64) over row chunks whose

@@ -1,4 +1,6 @@
-"""Reference losses (ops.md section 3) on flattened, validated inputs.
+"""Reference losses on flattened, validated inputs (docs/ops.md#score-entropy,
+docs/ops.md#concrete-score-matching, docs/ops.md#masked-diffusion-cross-entropy,
+docs/ops.md#fused-linear-losses).
 
 Shapes: ``log_score`` / ``logits`` ``[N, V]`` (any float dtype; fp16/bf16 computed in fp32),
 tokens ``x_t``, ``x0`` int64 ``[N]``, per-row ``sigma`` / ``dsigma`` / ``weight`` ``[N]``,
@@ -92,7 +94,8 @@ def score_entropy_uniform(
     sigma: torch.Tensor,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Uniform-graph denoising score entropy per row (ops.md 3a, stable ratio), times
+    """Uniform-graph denoising score entropy per row (docs/ops.md#score-entropy-uniform-graph,
+    stable ratio), times
     ``weight [N]`` when given.
 
     With ``e = expm1(sigma)``, ``ratio = e / (e + V)``, ``pos = (1/V) sum_{j != x} S_j`` and

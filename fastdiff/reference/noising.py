@@ -1,4 +1,4 @@
-"""Reference forward noising of discrete tokens (ops.md section 2) on flattened inputs.
+"""Reference forward noising of discrete tokens (docs/ops.md#noising) on flattened inputs.
 
 Per row ``i`` one Philox call keyed by ``(seed, offset, i, 0)`` gives a float64 uniform ``u``
 and an integer uniform ``k`` on ``[0, V)`` (:func:`fastdiff.random.row_uniform_and_index`);

@@ -1,4 +1,4 @@
-"""Reference categorical sampling (ops.md section 5) on flattened inputs.
+"""Reference categorical sampling (docs/ops.md#categorical-sampling) on flattened inputs.
 
 The draw is the grouped exponential race of :mod:`fastdiff.random` (:func:`race`): for a
 vocabulary of at most ``G = 256`` columns ``argmax_j w_j / E_j`` (equivalently Gumbel-max

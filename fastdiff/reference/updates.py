@@ -1,4 +1,5 @@
-"""Reference reverse (sampling) updates of discrete diffusion (ops.md 4a-4d), flattened.
+"""Reference reverse (sampling) updates of discrete diffusion, flattened (docs/ops.md#sedd-sampling,
+docs/ops.md#mdlm-ancestral-step, docs/ops.md#unmask-candidates).
 
 Shapes: model output ``[N, V]``, tokens ``x [N]`` int64, per-row float64 scalars ``[N]``,
 ``fixed`` bool ``[N]`` or ``None``. Each update forms the row's transition weights in float64
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from fastdiff.reference.losses import log_expm1
 from fastdiff.reference.sampling import race
 
 Seed = int | torch.Tensor
@@ -66,7 +68,7 @@ def sedd_euler(
     graph: str,
     mask_id: int,
 ) -> torch.Tensor:
-    """SEDD Euler step with ``rate = dt * dsigma`` per row (ops.md 4a).
+    """SEDD Euler step with ``rate = dt * dsigma`` per row (docs/ops.md#sedd-euler-step).
 
     absorbing, masked rows: ``w_j = rate S_j`` (j != m),
     ``w_m = max(0, 1 - rate sum_{j != m} S_j)``.
@@ -89,13 +91,16 @@ def sedd_euler(
 
 
 def _uniform_tweedie(s: torch.Tensor, xr: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Log of ``stag(S, D) * T(x, D)`` for the uniform graph (ops.md 4b), clamped at 0."""
+    """Log of ``stag(S, D) * T(x, D)`` for the uniform graph, clamped at 0, up to a per-row
+    factor (docs/ops.md#sedd-analytic-step)."""
     vocab = s.shape[-1]
-    # S_x = 1; p is linear in S, so S is scaled by e^-max to keep exp finite
+    # S_x = 1; p is linear in S, so S is scaled by e^-max to keep exp finite, and stag by e^-D
+    # (stag e^-D = S - (1 - e^-D) sum S / V): the race ignores per-row factors, and no term
+    # overflows for any D, inf included
     s0 = _fill_column(s, xr, 0.0)
     score = torch.exp(s0 - s0.amax(-1, keepdim=True))
     d = delta[:, None]
-    stag = torch.exp(d) * score - torch.expm1(d) / vocab * score.sum(-1, keepdim=True)
+    stag = score - (-torch.expm1(-d)) / vocab * score.sum(-1, keepdim=True)
     leave = -torch.expm1(-d) / vocab
     trans = _fill_column(leave.expand_as(s), xr, (torch.exp(-d) + leave).squeeze(-1))
     return _log_clamped(stag * trans)
@@ -113,16 +118,23 @@ def sedd_analytic(
 ) -> torch.Tensor:
     """SEDD analytic (Tweedie tau-leaping) step with ``delta = sigma(t) - sigma(t - dt)``.
 
-    absorbing, masked rows: ``p_j = expm1(D) S_j`` (j != m), ``p_m = max(0, 1 - expm1(D) sum S)``.
-    uniform: ``p = stag(S, D) * T(x, D)`` (ops.md 4b), negative products clamped at 0.
+    absorbing, masked rows: ``p_j = expm1(D) S_j`` (j != m), ``p_m = max(0, 1 - expm1(D) sum S)``
+    (``D = inf``: ``p_j ∝ S_j``, ``p_m = 0``).
+    uniform: ``p = stag(S, D) * T(x, D)`` (docs/ops.md#sedd-analytic-step), negative products
+    clamped at 0.
     """
     absorb = graph == "absorb"
     rows = _active_rows(x, fixed, mask_id if absorb else None)
     s = log_score.index_select(0, rows).to(torch.float64)
     d = delta.index_select(0, rows)
     if absorb:
-        log_w = _fill_column(s + torch.log(torch.expm1(d))[:, None], mask_id, -torch.inf)
-        stay = 1.0 - torch.exp(log_w).sum(-1)
+        # log expm1(D) in log space: finite for every finite D (expm1 overflows past 709.8);
+        # D = inf leaves no stay weight, and the moves race on S alone (a per-row factor)
+        log_rate = log_expm1(d)
+        never_stay = torch.isposinf(log_rate)
+        log_rate = torch.where(never_stay, 0.0, log_rate)
+        log_w = _fill_column(s + log_rate[:, None], mask_id, -torch.inf)
+        stay = torch.where(never_stay, 0.0, 1.0 - torch.exp(log_w).sum(-1))
         log_w = _fill_column(log_w, mask_id, _log_clamped(stay))
         stay_col = mask_id
     else:
@@ -141,7 +153,8 @@ def sedd_denoise(
     graph: str,
     mask_id: int,
 ) -> torch.Tensor:
-    """Final denoising step at ``sigma_min`` (ops.md 4b): no token is left masked.
+    """Final denoising step at ``sigma_min`` (docs/ops.md#sedd-denoise-step): no token is left
+    masked.
 
     absorbing, masked rows: ``p_j ∝ S_j`` over ``j != m``; uniform: the analytic product with
     ``D = sigma``.
@@ -167,7 +180,7 @@ def mdlm_ancestral(
     offset: int,
     mask_id: int,
 ) -> torch.Tensor:
-    """MDLM ancestral step from time t to s < t (ops.md 4c), masked rows only.
+    """MDLM ancestral step from time t to s < t (docs/ops.md#mdlm-ancestral-step), masked rows only.
 
     ``p = softmax(logits, m excluded)``, ``mc = 1 - e^-sigma``:
     ``q_j = p_j (mc_t - mc_s)`` (j != m), ``q_m = mc_s``.
@@ -193,7 +206,7 @@ def unmask_candidates(
     temperature: float,
     confidence: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proposal and confidence per masked row (ops.md 4d).
+    """Proposal and confidence per masked row (docs/ops.md#unmask-candidates).
 
     ``p = softmax(logits, m excluded)``; the proposal ``xhat`` is ``argmax p`` (temperature 0)
     or a Gumbel draw from ``p^(1/temperature)``; the confidence is ``p(xhat)`` (``"prob"``),
