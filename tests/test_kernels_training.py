@@ -219,7 +219,7 @@ def test_public_score_entropy_on_triton_backend(graph, reduction):
                 x0.to(DEVICE),
                 sigma=torch.tensor([0.3, 2.0], device=DEVICE),
                 **kw,
-            reduction="none", )
+            )
         loss.sum().backward()
         outs[name] = (loss.detach().cpu(), s.grad.cpu())
     torch.testing.assert_close(outs["triton"][0], outs["reference"][0], rtol=1e-5, atol=1e-5)
@@ -336,7 +336,7 @@ def _linear_loss(graph, hidden, proj, bias, x_t, x0, sigma, weight, mask_id, **k
     if graph == "mdlm":
         return fastdiff.linear_masked_diffusion_loss(
             hidden, proj, x_t, x0, mask_id=mask_id, bias=bias, weight=weight, **kw
-        , reduction="sum")
+        )
     return fastdiff.linear_score_entropy(
         hidden,
         proj,
@@ -348,7 +348,7 @@ def _linear_loss(graph, hidden, proj, bias, x_t, x0, sigma, weight, mask_id, **k
         mask_id=mask_id,
         weight=weight,
         **kw,
-    reduction="sum", )
+    )
 
 
 @settings(max_examples=20, deadline=None)

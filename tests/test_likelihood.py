@@ -23,6 +23,7 @@ every row is randomized independently).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -326,7 +327,7 @@ def test_bound_is_above_entropy_and_tightens_as_the_denoiser_becomes_exact():
             mask_id=MASK, num_t=3, method="quadrature", noise_draws=2, seed=7,
         )  # fmt: skip
         curves.append(est.reshape(reps, -1) @ toy.prob)
-    for worse, better in zip(curves, curves[1:]):
+    for worse, better in itertools.pairwise(curves):
         diff = worse - better
         assert float(diff.mean()) > 4 * float(diff.std()) / math.sqrt(reps)
     exact = curves[-1]

@@ -619,7 +619,9 @@ def test_masked_loss_reductions_and_validation() -> None:
         logits, xt, x0, reduction="mean", ignore=ign, weight=2.0, **kw
     ).item() == pytest.approx(2 * 2 * ln2 / 3)
     with pytest.raises(ValueError, match="mask"):
-        masked_diffusion_loss(logits, xt, torch.tensor([[2, 1], [0, 1]]), **{"reduction": "none", **kw})
+        masked_diffusion_loss(
+            logits, xt, torch.tensor([[2, 1], [0, 1]]), **{"reduction": "none", **kw}
+        )
     with pytest.raises(ValueError, match="mask_id"):
         masked_diffusion_loss(logits, xt, x0, mask_id=3, reduction="none")
     with pytest.raises(ValueError, match="model_output"):

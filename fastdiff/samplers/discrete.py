@@ -4,12 +4,14 @@ D3PM, as schedulers in the diffusers shape (:class:`fastdiff.samplers.base.Sched
 Time grids (``steps`` reverse steps, float64 tables, the denoiser gets ``sigma`` as float32):
 
 - SEDD: ``t_i = linspace(1, eps, steps + 1)`` (``eps = 1e-5``), ``dt = (1 - eps) / steps``;
-  Euler step ``i`` uses ``rate = dt * dsigma(t_i)`` (ops.md 4a), the analytic step
-  ``Delta = sigma(t_i) - sigma(t_{i+1})`` (4b); the model sees ``sigma(t_i)``. With
-  ``denoise=True`` a last entry ``sigma(eps)`` runs the final denoise (no mask left).
+  Euler step ``i`` uses ``rate = dt * dsigma(t_i)`` (docs/ops.md#sedd-euler-step), the
+  analytic step ``Delta = sigma(t_i) - sigma(t_{i+1})`` (docs/ops.md#sedd-analytic-step); the
+  model sees ``sigma(t_i)``. With ``denoise=True`` a last entry ``sigma(eps)`` runs the final
+  denoise (no mask left).
 - MDLM: ``t_i = linspace(1, 0, steps + 1)``: step ``i`` goes from ``sigma(t_i)`` to
-  ``sigma(t_{i+1})`` (4c), except that the last step ends at ``sigma = 0`` exactly (not
-  ``sigma(0)``, which is > 0 for e.g. ``Geometric``), so it unmasks every position.
+  ``sigma(t_{i+1})`` (docs/ops.md#mdlm-ancestral-step), except that the last step ends at
+  ``sigma = 0`` exactly (not ``sigma(0)``, which is > 0 for e.g. ``Geometric``), so it unmasks
+  every position.
 - D3PM: ``steps <= T`` segments ``t_k = round(linspace(T, 0, steps + 1))``; a segment from
   ``t`` to ``s`` uses ``Q_{s+1} ... Q_t`` and ``Qbar_s`` (the identity at ``s = 0``), so
   ``steps = T`` is the plain ancestral chain; the model sees ``t`` (a float).
@@ -26,6 +28,7 @@ with the derived seed ``derive_seeds(seed)[i]`` and offset 0 (:mod:`fastdiff.sam
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -265,7 +268,7 @@ class _SEDD(_NoiseScheduleMixin):
 
 
 class SEDDEulerScheduler(_SEDD):
-    """SEDD Euler sampler (ops.md 4a) for the absorbing or uniform graph.
+    """SEDD Euler sampler (docs/ops.md#sedd-euler-step) for the absorbing or uniform graph.
 
     The denoiser returns log-scores ``[B, L, V]`` at ``sigma [B]``. Step ``i``:
     ``rate = dt dsigma(t_i)``, :func:`fastdiff.sedd_euler_step`; then (``denoise=True``) the
@@ -283,7 +286,8 @@ class SEDDEulerScheduler(_SEDD):
 
 
 class SEDDAnalyticScheduler(_SEDD):
-    """SEDD analytic (Tweedie tau-leaping) sampler (ops.md 4b), absorbing or uniform graph.
+    """SEDD analytic (Tweedie tau-leaping) sampler (docs/ops.md#sedd-analytic-step),
+    absorbing or uniform graph.
 
     Step ``i`` moves from ``sigma(t_i)`` to ``sigma(t_{i+1})`` with
     :func:`fastdiff.sedd_analytic_step`; then the final denoise as in
@@ -302,10 +306,10 @@ class SEDDAnalyticScheduler(_SEDD):
 
 
 class MDLMScheduler(_NoiseScheduleMixin):
-    """MDLM ancestral (SUBS) sampler (ops.md 4c): the denoiser returns logits ``[B, L, V]``
-    at ``sigma [B]``; step ``i`` is :func:`fastdiff.mdlm_step` from ``sigma(t_i)`` to
-    ``sigma(t_{i+1})`` on ``t = linspace(1, 0, steps + 1)``, except that the last step goes to
-    ``sigma = 0`` exactly (whatever ``sigma(0)`` is), so it unmasks all.
+    """MDLM ancestral (SUBS) sampler (docs/ops.md#mdlm-ancestral-step): the denoiser returns
+    logits ``[B, L, V]`` at ``sigma [B]``; step ``i`` is :func:`fastdiff.mdlm_step` from
+    ``sigma(t_i)`` to ``sigma(t_{i+1})`` on ``t = linspace(1, 0, steps + 1)``, except that the
+    last step goes to ``sigma = 0`` exactly (whatever ``sigma(0)`` is), so it unmasks all.
     With a model that ignores the time, ``cache=True`` reuses its output (:class:`StepLoop`)."""
 
     OPTIONS = ()
@@ -355,7 +359,7 @@ class MDLMScheduler(_NoiseScheduleMixin):
 
 
 class D3PMScheduler(TokenScheduler):
-    """D3PM ancestral sampler with dense transition matrices (ops.md 4c).
+    """D3PM ancestral sampler with dense transition matrices (docs/ops.md#d3pm-step).
 
     ``transitions`` (:class:`fastdiff.transitions.TransitionSchedule`, ``T`` steps) gives
     ``Q_t`` and ``Qbar_t``. The denoiser returns ``x0`` logits ``[B, L, V]`` at the time ``t``
@@ -390,7 +394,7 @@ class D3PMScheduler(TokenScheduler):
         bounds = torch.linspace(big_t, 0, steps + 1, dtype=F64).round().long().tolist()
         eye = torch.eye(self.vocab_size, dtype=F64, device=tables.q_bar.device)
         q, qbar = [], []
-        for t, s in zip(bounds[:-1], bounds[1:]):
+        for t, s in itertools.pairwise(bounds):
             seg = tables.q_steps[s]
             for k in range(s + 1, t):
                 seg = seg @ tables.q_steps[k]

@@ -79,18 +79,19 @@ class StepLoop:
 class LoopResult:
     """Outcome of :func:`run_loop`."""
 
-    x: torch.Tensor
+    x_t: torch.Tensor
+    """The final state."""
     steps_run: int
     """Steps whose update ran (``< len(inputs)`` after an early exit)."""
     denoiser_calls: int
     """Denoiser calls, the final one included (cache hits save calls)."""
     trajectory: list[torch.Tensor] | None
-    """With ``trajectory=True``: ``x`` after each step run, then after ``final``."""
+    """With ``trajectory=True``: the state after each step run, then after ``final``."""
 
 
 def run_loop(
     denoiser: Denoiser,
-    x: torch.Tensor,
+    x_t: torch.Tensor,
     loop: StepLoop,
     *,
     engine: str = "auto",
@@ -100,7 +101,7 @@ def run_loop(
     cuda_graph: bool = False,
     check_every: int = 1,
 ) -> LoopResult:
-    """Run every step of ``loop`` on the start state ``x`` (``[B, ...]``); see the module doc.
+    """Run every step of ``loop`` on the start state ``x_t`` (``[B, ...]``); see the module doc.
 
     ``denoiser(x, time[B]) -> model_output`` is any callable, or a ``torch.jit.ScriptModule``
     (scripted or traced), which the C++ engine calls without Python. ``callback(i, x)`` runs
@@ -109,7 +110,7 @@ def run_loop(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    fixed = _check(denoiser, x, loop, check_every)
+    fixed = _check(denoiser, x_t, loop, check_every)
     ext = None
     if engine == "cpp" or (engine == "auto" and not cuda_graph):
         ext = _extension.load()
@@ -121,16 +122,16 @@ def run_loop(
         if ext is None:
             _extension.warn_missing_once()
     if cuda_graph:
-        _check_graphable(x, loop)
+        _check_graphable(x_t, loop)
     bar = None
     if progress:
         callback, bar = _with_progress(callback, loop.inputs.shape[0])
     try:
         if cuda_graph:
-            return _graph_loop(denoiser, x, loop, fixed, callback, trajectory, check_every)
+            return _graph_loop(denoiser, x_t, loop, fixed, callback, trajectory, check_every)
         if ext is not None:
-            return _cpp_loop(ext, denoiser, x, loop, fixed, callback, trajectory, check_every)
-        return _python_loop(denoiser, x, loop, fixed, callback, trajectory, check_every)
+            return _cpp_loop(ext, denoiser, x_t, loop, fixed, callback, trajectory, check_every)
+        return _python_loop(denoiser, x_t, loop, fixed, callback, trajectory, check_every)
     finally:
         if bar is not None:
             bar.close()
@@ -288,7 +289,7 @@ def _python_loop(denoiser, x, loop, fixed, callback, trajectory, check_every) ->
         calls += 1
         if traj is not None:
             traj.append(x.clone())
-    return LoopResult(x=x, steps_run=steps_run, denoiser_calls=calls, trajectory=traj)
+    return LoopResult(x_t=x, steps_run=steps_run, denoiser_calls=calls, trajectory=traj)
 
 
 def _cpp_loop(ext, denoiser, x, loop, fixed, callback, trajectory, check_every) -> LoopResult:
@@ -309,7 +310,7 @@ def _cpp_loop(ext, denoiser, x, loop, fixed, callback, trajectory, check_every) 
         trajectory,
         check_every,
     )
-    return LoopResult(x=x, steps_run=steps_run, denoiser_calls=calls, trajectory=traj)
+    return LoopResult(x_t=x, steps_run=steps_run, denoiser_calls=calls, trajectory=traj)
 
 
 @torch.no_grad()
@@ -359,4 +360,4 @@ def _graph_loop(denoiser, x, loop, fixed, callback, trajectory, check_every) -> 
         if traj is not None:
             traj.append(x.clone())
     calls = steps_run + (loop.final is not None)
-    return LoopResult(x=x, steps_run=steps_run, denoiser_calls=calls, trajectory=traj)
+    return LoopResult(x_t=x, steps_run=steps_run, denoiser_calls=calls, trajectory=traj)
