@@ -81,13 +81,64 @@ def floating(name: str, x: torch.Tensor, *, min_dim: int = 0) -> torch.Tensor:
 
 
 def same_device(**tensors: torch.Tensor | None) -> torch.device:
-    """The common device of the given tensors (``None`` entries skipped)."""
+    """The common device of the given tensors (``None`` entries skipped); never ``meta``
+    (meta tensors hold no values to compute with)."""
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     unique = set(devices.values())
     if len(unique) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"all tensors must be on the same device: {listing}")
-    return unique.pop()
+    device = unique.pop()
+    if device.type == "meta":
+        names = ", ".join(devices)
+        raise ValueError(
+            f"{names} are on the meta device, which holds no values: pass real tensors "
+            "(CPU or CUDA)"
+        )
+    return device
+
+
+OFFSET_LIMIT = 2**63
+
+
+def offset(value: int) -> int:
+    """A Philox stream offset: an int in ``[0, 2^63)``, what a torch int64 argument (the
+    kernels' custom ops take one) holds; it fills the two 32-bit counter words."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"offset must be an int, got {type(value).__name__}")
+    if not 0 <= value < OFFSET_LIMIT:
+        raise ValueError(f"offset must lie in [0, 2^63), got {value}")
+    return value
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def tempered(name: str, x: torch.Tensor, temperature: float, *, is_log: bool) -> None:
+    """``x / temperature`` (log-weights, or the logs of weights) stays finite in float32, the
+    precision the kernels scale fp16 / bf16 / fp32 inputs in: a clear error instead of an
+    overflow on one backend.
+
+    ``temperature`` is a checked :func:`temperature` (0 = argmax, nothing is scaled)."""
+    if temperature == 0.0 or x.dtype == torch.float64:
+        return  # float64 inputs run the float64 reference on every backend
+    if temperature < 1.0 / FLOAT32_MAX:
+        raise ValueError(
+            f"temperature must be 0 (argmax) or >= {1.0 / FLOAT32_MAX:.3g} (1 / temperature "
+            f"must be finite in float32), got {temperature!r}"
+        )
+    if not value_checks_enabled() or not x.numel():
+        return
+    if is_log:
+        big = x.masked_fill(~torch.isfinite(x), 0).abs().amax()
+    else:
+        positive = x[x > 0]
+        big = positive.double().log().abs().amax() if positive.numel() else x.new_zeros(())
+    if float(big) / temperature >= FLOAT32_MAX / 2:
+        raise ValueError(
+            f"temperature {temperature!r} is too small for {name}: |log-weight| up to "
+            f"{float(big):.3g} divided by it overflows float32; use temperature=0 for argmax"
+        )
 
 
 def token_range(name: str, x: torch.Tensor, vocab_size: int) -> None:
@@ -169,12 +220,13 @@ def per_position(
     dtype: torch.dtype,
     nonnegative: bool = False,
     positive: bool = False,
+    finite: bool = False,
 ) -> torch.Tensor:
     """Expand a per-position scalar to ``batch_shape``.
 
     ``value`` is a number or a tensor whose shape is a prefix of ``batch_shape`` (trailing
     size-1 dimensions allowed: SEDD's ``[batch, 1]`` for ``[batch, length]``). It is checked
-    for NaN (and sign when asked) and returned as a ``dtype`` tensor on ``device``.
+    for NaN (and sign and finiteness when asked) and returned as a ``dtype`` tensor on ``device``.
     """
     if isinstance(value, torch.Tensor):
         if value.device != device and value.numel() != 1:
@@ -199,6 +251,8 @@ def per_position(
     if value_checks_enabled() or not isinstance(value, torch.Tensor):
         if bool(torch.isnan(check).any()):
             raise ValueError(f"{name} contains NaN")
+        if finite and bool(torch.isinf(check).any()):
+            raise ValueError(f"{name} must be finite (got inf)")
         if positive and bool((check <= 0).any()):
             raise ValueError(f"{name} must be > 0")
         if nonnegative and bool((check < 0).any()):

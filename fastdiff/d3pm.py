@@ -1,4 +1,4 @@
-"""Public D3PM ops (Austin et al. 2021; ops.md 2, 3c and 4c) for dense transition matrices.
+"""Public D3PM ops (Austin et al. 2021; docs/ops.md#d3pm) for dense transition matrices.
 
 Notation: ``Q_t`` is the one-step matrix (``q(x_t = j | x_{t-1} = i) = Q_t[i, j]``) and
 ``Qbar_{t-1} = Q_1 ... Q_{t-1}`` the cumulative one (the identity at ``t = 1``); build both in
@@ -12,7 +12,7 @@ Matrices must be row-stochastic (entries >= 0, rows summing to 1 within 1e-5).
 - :func:`d3pm_posterior_logits`: ``log Q_t[:, x_t] + log(softmax(model_output) @ Qbar_{t-1})``;
 - :func:`d3pm_posterior`: the true posterior ``q(x_{t-1} | x_t, x0)``;
 - :func:`d3pm_step`: draw ``x_{t-1}`` from the posterior logits;
-- :func:`d3pm_hybrid_loss`: ``L_vb + lambda * CE`` (ops.md 3c).
+- :func:`d3pm_hybrid_loss`: ``L_vb + lambda * CE`` (docs/ops.md#d3pm-hybrid-loss).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def d3pm_posterior_logits(
     q_step: torch.Tensor,
     qbar_next: torch.Tensor,
 ) -> torch.Tensor:
-    """Logits of the D3PM reverse step ``p_theta(x_{t-1} | x_t)`` (ops.md 4c)::
+    """Logits of the D3PM reverse step ``p_theta(x_{t-1} | x_t)`` (docs/ops.md#d3pm-posterior)::
 
         logits_j = log Q_t[j, x_t] + log( sum_k softmax(model_output)_k Qbar_{t-1}[k, j] )
 
@@ -165,6 +165,7 @@ def d3pm_step(
     x_t_checked = checks.tokens("x_t", x_t)
     fixed = checks.bool_mask("fixed", fixed, x_t_checked.shape)
     st = _prepare(model_output, x_t, q_step, qbar_next, fixed=fixed)
+    checks.offset(offset)
     key = frandom.resolve_seed(seed, generator, st.device)
     impl = backend.resolve("d3pm_step", ref.d3pm_step, st.device)
     flat_fixed = None if fixed is None else fixed.reshape(-1)
@@ -185,7 +186,8 @@ def d3pm_hybrid_loss(
     ignore: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """D3PM hybrid loss (ops.md 3c): ``L_vb + hybrid_lambda * CE(x0, softmax(model_output))``.
+    """D3PM hybrid loss ``L_vb + hybrid_lambda * CE(x0, softmax(model_output))``
+    (docs/ops.md#d3pm-hybrid-loss).
 
     ``L_vb`` per position is ``KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t))`` with
     ``p_theta = softmax(d3pm_posterior_logits(model_output, x_t, q_step, qbar_next))``, except

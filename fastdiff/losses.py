@@ -29,7 +29,9 @@ def _row_weight(
         return None
     w = torch.ones(batch_shape, device=device, dtype=dtype)
     if weight is not None:
-        w = checks.per_position("weight", weight, batch_shape, device=device, dtype=dtype)
+        w = checks.per_position(
+            "weight", weight, batch_shape, device=device, dtype=dtype, nonnegative=True, finite=True
+        )
     if ignore is not None:
         w = torch.where(ignore, torch.zeros((), device=device, dtype=dtype), w)
     return w.reshape(-1)
@@ -118,7 +120,7 @@ def score_entropy(
     ignore: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Denoising score entropy of SEDD (ops.md 3a), per position.
+    """Denoising score entropy of SEDD (docs/ops.md#score-entropy), per position.
 
     Args:
         model_output: raw log-scores ``s`` ``[*B, V]``; the entry at ``x_t``
@@ -157,7 +159,8 @@ def masked_diffusion_loss(
     ignore: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Masked-diffusion cross entropy (MDLM SUBS / LLaDA, ops.md 3b), per position.
+    """Masked-diffusion cross entropy (MDLM SUBS / LLaDA), per position
+    (docs/ops.md#masked-diffusion-cross-entropy).
 
     ``logp = log_softmax(model_output with column m set to -inf)``; masked rows (``x_t = m``) give
     ``-weight * logp[x0]``, the others 0. ``weight`` is ``dsigma / expm1(sigma)`` in continuous
@@ -175,10 +178,33 @@ def masked_diffusion_loss(
     ignore = checks.bool_mask("ignore", ignore, x_t.shape)
     m = _check_token_pair(x_t, x0, vocab, checks.mask_id(mask_id, vocab))
     checks.finite("model_output", model_output, allow_neg_inf=True)
+    _check_masked_rows_have_a_token(model_output, x_t, ignore, m)
     w = _row_weight(weight, ignore, x_t.shape, device, ref.compute_dtype(model_output.dtype))
     impl = backend.resolve("masked_diffusion_loss", ref.masked_diffusion_loss, device)
     loss = impl(model_output.reshape(-1, vocab), x_t.reshape(-1), x0.reshape(-1), m, w)
     return _reduce(loss, x_t.shape, ignore, reduction)
+
+
+def _check_masked_rows_have_a_token(
+    model_output: torch.Tensor, x_t: torch.Tensor, ignore: torch.Tensor | None, mask_id: int
+) -> None:
+    """A masked, non-ignored row whose non-mask logits are all ``-inf`` gives the true token
+    probability 0 (an infinite loss, NaN gradients): rejected, as :func:`fastdiff.mdlm_step`
+    rejects the same row."""
+    if not checks.value_checks_enabled() or not x_t.numel():
+        return
+    active = x_t == mask_id
+    if ignore is not None:
+        active &= ~ignore
+    rows = model_output[active]
+    if rows.numel():
+        keep = torch.ones(rows.shape[-1], dtype=torch.bool, device=rows.device)
+        keep[mask_id] = False
+        if bool(torch.isneginf(rows[:, keep]).all(-1).any()):
+            raise ValueError(
+                "model_output has a masked row whose non-mask logits are all -inf "
+                "(no token possible)"
+            )
 
 
 def _check_projection(
@@ -207,6 +233,10 @@ def _check_projection(
         raise TypeError(
             f"hidden, projection and bias must share one dtype, got {sorted(map(str, dtypes))}"
         )
+    checks.finite("hidden", hidden)
+    checks.finite("projection", projection)
+    if bias is not None:
+        checks.finite("bias", bias)
     return projection.shape[0]
 
 
@@ -328,7 +358,8 @@ def linear_masked_diffusion_loss(
 
 
 def scale_by_sigma(model_output: torch.Tensor, *, sigma: float | torch.Tensor) -> torch.Tensor:
-    """SEDD's absorbing "scale by sigma" parameterization (a model-side helper, ops.md 3a):
+    """SEDD's absorbing "scale by sigma" parameterization (a model-side helper,
+    docs/ops.md#scale-by-sigma):
     ``s = logits - log(expm1(sigma)) - log(V - 1)``.
 
     ``model_output [*B, V]`` (the network's raw logits); ``sigma`` a number or a tensor whose

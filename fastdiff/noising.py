@@ -21,7 +21,8 @@ def add_noise(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """Sample ``x_t ~ q(x_t | x0)`` for the absorbing or uniform graph (ops.md section 2).
+    """Sample ``x_t ~ q(x_t | x0)`` for the absorbing or uniform graph
+    (docs/ops.md#absorbing-and-uniform-noising).
 
     Args:
         x0: clean tokens ``[*B]`` in ``[0, vocab_size)``.
@@ -43,6 +44,7 @@ def add_noise(
     sig = checks.per_position(
         "sigma", sigma, x0.shape, device=device, dtype=torch.float64, nonnegative=True
     )
+    checks.offset(offset)
     key = frandom.resolve_seed(seed, generator, device)
     impl = backend.resolve("corrupt", ref.corrupt, device)
     out = impl(
@@ -103,6 +105,7 @@ def add_noise_dense(
         matrix_index = torch.arange(x0.shape[0], device=device)
         matrix_index = matrix_index.reshape((-1,) + (1,) * (x0.dim() - 1)).expand(x0.shape)
         matrix_index = matrix_index.reshape(-1)
+    checks.offset(offset)
     key = frandom.resolve_seed(seed, generator, device)
     impl = backend.resolve("corrupt_dense", ref.corrupt_dense, device)
     out = impl(

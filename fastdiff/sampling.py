@@ -1,4 +1,4 @@
-"""Public categorical sampling (ops.md section 5)."""
+"""Public categorical sampling (docs/ops.md#categorical-sampling)."""
 
 from __future__ import annotations
 
@@ -76,9 +76,12 @@ def sample_categorical(
     vocab = x.shape[-1]
     checks.vocab_size(vocab)
     _check_filters(temperature, top_k, top_p, min_p, vocab)
+    device = checks.same_device(**{name: x})
     check_weights(name, x, is_log)
-    key = frandom.resolve_seed(seed, generator, x.device)
-    impl = backend.resolve("sample_categorical", ref.sample_categorical, x.device)
+    checks.tempered(name, x, float(temperature), is_log=is_log)
+    checks.offset(offset)
+    key = frandom.resolve_seed(seed, generator, device)
+    impl = backend.resolve("sample_categorical", ref.sample_categorical, device)
     index, prob = impl(
         x.reshape(-1, vocab),
         is_log,

@@ -9,6 +9,8 @@ leftmost of equally confident positions commits first).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastdiff import checks
@@ -38,6 +40,7 @@ def unmask_quota(
     if x.dim() != 2:
         raise ValueError(f"x_t must have shape [batch, length], got {tuple(x.shape)}")
     fixed = checks.bool_mask("fixed", fixed, x.shape)
+    checks.same_device(x_t=x, fixed=fixed)
     masked = x == mask_id
     if fixed is not None:
         masked &= ~fixed
@@ -141,12 +144,19 @@ def select_commits(
     Sequences with no eligible position commit nothing.
     """
     checks.floating("confidence", confidence)
+    checks.same_device(confidence=confidence)
     if confidence.dim() != 2:
         raise ValueError(
             f"confidence must have shape [batch, length], got {tuple(confidence.shape)}"
         )
     if sum(r is not None for r in (k, threshold, factor)) != 1:
         raise ValueError("pass exactly one commit rule: k, threshold or factor")
+    for name, rule in (("threshold", threshold), ("factor", factor)):
+        if rule is not None:
+            if isinstance(rule, bool) or not isinstance(rule, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(rule).__name__}")
+            if math.isnan(rule):
+                raise ValueError(f"{name} must be a number, got NaN")
     if checks.value_checks_enabled() and bool(torch.isnan(confidence).any()):
         raise ValueError("confidence contains NaN (use -inf for positions that may not commit)")
     # with value checks off, NaN is treated as not eligible rather than sorting first
@@ -219,7 +229,8 @@ def confidence_unmask_step(
     if remasking == "random" and k is None:
         raise ValueError("remasking='random' needs the k rule (not threshold / factor)")
     # one key for the proposals (stream offset) and the random ranks (offset + 1)
-    seed = frandom.resolve_seed(seed, generator, x_t.device)
+    checks.offset(offset)
+    seed = frandom.resolve_seed(seed, generator, checks.tokens("x_t", x_t).device)
     xhat, conf = unmask_candidates(
         model_output,
         x_t,
@@ -231,7 +242,8 @@ def confidence_unmask_step(
         offset=offset,
     )
     if remasking == "random":
-        conf = random_confidence(conf, seed=seed, offset=offset + 1)
+        # the counter wraps as the Philox offset words do
+        conf = random_confidence(conf, seed=seed, offset=(offset + 1) % checks.OFFSET_LIMIT)
     start = 0 if fixed is None or block_length is None else generation_start(fixed)
     commit = select_commits(
         conf, k=k, threshold=threshold, factor=factor, block_length=block_length, block_start=start

@@ -49,6 +49,7 @@ def _prepare(
     mask_id: int | None,
     generator: torch.Generator | None,
     seed: int | torch.Tensor | None,
+    offset: int,
 ) -> _Step:
     x = checks.tokens("x_t", x)
     vocab = checks.scores(name, scores, x)
@@ -58,6 +59,7 @@ def _prepare(
     m = checks.mask_id(mask_id, vocab, required=graph != "uniform")
     checks.token_range("x_t", x, vocab)
     checks.finite(name, scores, allow_neg_inf=True)
+    checks.offset(offset)
     return _Step(
         scores=scores.reshape(-1, vocab),
         x=x.reshape(-1),
@@ -102,16 +104,18 @@ def sedd_euler_step(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """SEDD Euler step (ops.md 4a) with ``S = exp(model_output)`` (the log score; entry at
-    ``x_t`` ignored).
+    """SEDD Euler step (docs/ops.md#sedd-euler-step) with ``S = exp(model_output)`` (the log
+    score; entry at ``x_t`` ignored).
 
     absorbing (masked rows): weight ``dt dsigma S_j`` for ``j != m``, stay weight
     ``max(0, 1 - dt dsigma sum_{j != m} S_j)``; uniform: ``dt dsigma S_j / V`` for ``j != x``
     and stay ``max(0, 1 - dt dsigma sum_{j != x} S_j / V)``.
     """
     graph = checks.graph(graph)
-    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed)
-    rate = st.scalar("dsigma", dsigma, nonnegative=True) * st.scalar("dt", dt, nonnegative=True)
+    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed, offset)
+    rate = st.scalar("dsigma", dsigma, nonnegative=True, finite=True) * st.scalar(
+        "dt", dt, nonnegative=True, finite=True
+    )
     impl = backend.resolve("sedd_euler", ref.sedd_euler, st.device)
     return st.done(impl(st.scores, st.x, rate, st.fixed, st.seed, offset, graph, st.mask_id))
 
@@ -134,12 +138,12 @@ def sedd_analytic_step(
     With ``D = sigma - sigma_next``: absorbing (masked rows) ``p_j = expm1(D) S_j`` (j != m),
     ``p_m = max(0, 1 - expm1(D) sum_{j != m} S_j)`` — with the true score this is the exact
     posterior (unmask probability ``expm1(D) / expm1(sigma)``); uniform
-    ``p = stag(S, D) * T(x, D)`` (ops.md 4b), negative entries clamped at 0.
+    ``p = stag(S, D) * T(x, D)`` (docs/ops.md#sedd-analytic-step), negative entries clamped at 0.
     """
     graph = checks.graph(graph)
-    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed, offset)
     hi = st.scalar("sigma", sigma, nonnegative=True)
-    lo = st.scalar("sigma_next", sigma_next, nonnegative=True)
+    lo = st.scalar("sigma_next", sigma_next, nonnegative=True, finite=True)
     if checks.value_checks_enabled() and bool((lo > hi).any()):
         raise ValueError("sigma_next must be <= sigma (the reverse process lowers the noise)")
     impl = backend.resolve("sedd_analytic", ref.sedd_analytic, st.device)
@@ -162,8 +166,10 @@ def sedd_denoise_step(
     ``p_j ∝ S_j`` over ``j != m`` (the mask is dropped, so none stays masked); uniform rows
     draw from the analytic product with ``D = sigma``."""
     graph = checks.graph(graph)
-    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, graph, mask_id, generator, seed, offset)
     sig = st.scalar("sigma", sigma, nonnegative=True)
+    if graph == "absorb":
+        _check_masked_rows_have_a_token(st)
     impl = backend.resolve("sedd_denoise", ref.sedd_denoise, st.device)
     return st.done(impl(st.scores, st.x, sig, st.fixed, st.seed, offset, graph, st.mask_id))
 
@@ -181,14 +187,14 @@ def mdlm_step(
     offset: int = 0,
 ) -> torch.Tensor:
     """MDLM ancestral (SUBS) step from noise level ``sigma`` (time ``t``) down to
-    ``sigma_next`` (time ``s < t``) (ops.md 4c).
+    ``sigma_next`` (time ``s < t``) (docs/ops.md#mdlm-ancestral-step).
 
     Masked rows draw from ``q_j = p_j (mc_t - mc_s)`` (j != m), ``q_m = mc_s`` with
     ``p = softmax(model_output, m excluded)``, ``mc_t = 1 - e^-sigma`` and
     ``mc_s = 1 - e^-sigma_next``; unmasked rows are carried over. ``sigma_next = 0`` (the last
     step) unmasks every row.
     """
-    st = _prepare("model_output", model_output, x_t, fixed, None, mask_id, generator, seed)
+    st = _prepare("model_output", model_output, x_t, fixed, None, mask_id, generator, seed, offset)
     s_t = st.scalar("sigma", sigma, nonnegative=True)
     s_s = st.scalar("sigma_next", sigma_next, nonnegative=True)
     if checks.value_checks_enabled() and bool((s_s >= s_t).any()):
@@ -213,7 +219,7 @@ def unmask_candidates(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proposals and confidences for confidence-based unmasking (ops.md 4d).
+    """Proposals and confidences for confidence-based unmasking (docs/ops.md#unmask-candidates).
 
     For each masked, non-fixed position: ``p = softmax(model_output, m excluded)``; the proposal is
     ``argmax p`` (``temperature = 0``) or a Gumbel draw at that temperature; the confidence is
@@ -224,7 +230,8 @@ def unmask_candidates(
     if confidence not in CONFIDENCES:
         raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
     temperature = checks.temperature(temperature)
-    st = _prepare("model_output", model_output, x_t, fixed, None, mask_id, generator, seed)
+    checks.tempered("model_output", model_output, temperature, is_log=True)
+    st = _prepare("model_output", model_output, x_t, fixed, None, mask_id, generator, seed, offset)
     _check_masked_rows_have_a_token(st)
     impl = backend.resolve("unmask_candidates", ref.unmask_candidates, st.device)
     xhat, conf = impl(

@@ -26,9 +26,10 @@ PLAIN         ``s_j`` (every column)          none (D3PM: ``x`` is an ordinary c
 ============  ==============================  =============================================
 
 RATE is the Euler step (``c0 = log rate``, ``log(rate / V)`` on the uniform graph) and the
-absorbing analytic step (``c0 = log expm1(D)``). TWEEDIE is the uniform analytic / denoise step
-``p = stag(S, D) T(x, D)`` with ``S_x = 1``, ``L = log sum_j S_j`` (a first pass over the row),
-``c0 = e^D``, ``c1 = expm1(D) / V``, ``c2 = log((1 - e^-D) / V)``, ``c3 = log(e^-D + e^c2)``.
+absorbing analytic step (``c0 = log expm1(D)``, in log space). TWEEDIE is the uniform analytic /
+denoise step ``p = stag(S, D) T(x, D)`` with ``S_x = 1``, ``L = log sum_j S_j`` (a first pass
+over the row), scaled by ``e^-D`` (the race ignores a per-row factor; nothing overflows):
+``c0 = 1``, ``c1 = (1 - e^-D) / V``, ``c2 = log((1 - e^-D) / V)``, ``c3 = log(e^-D + e^c2)``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from fastdiff.kernels.race import (
     tile_tokens,
 )
 from fastdiff.reference import d3pm as ref_d3pm
+from fastdiff.reference.losses import log_expm1
 
 RATE, DENOISE, MDLM, TWEEDIE, PLAIN = range(5)
 
@@ -356,13 +358,16 @@ def _update(scores, x, fixed, consts, seed, offset, mask_id, mode, masked_only, 
 
 
 def _tweedie(delta: torch.Tensor, vocab: int) -> list[torch.Tensor]:
+    """TWEEDIE constants of the row scaled by ``e^-D`` (the race ignores a per-row factor), so
+    that no constant overflows for any ``D``, ``inf`` included."""
     leave = -torch.expm1(-delta) / vocab
-    return [
-        torch.exp(delta),
-        torch.expm1(delta) / vocab,
-        leave.log(),
-        (torch.exp(-delta) + leave).log(),
-    ]
+    return [torch.ones_like(delta), leave, leave.log(), (torch.exp(-delta) + leave).log()]
+
+
+def _log_expm1_rate(delta: torch.Tensor) -> torch.Tensor:
+    """``c0 = log expm1(D)`` in log space (finite for every finite ``D``); ``D = inf`` (no stay
+    weight left) becomes the largest float32, which still makes every move beat the stay."""
+    return torch.clamp(log_expm1(delta), max=torch.finfo(torch.float32).max)
 
 
 @register_kernel("sedd_euler")
@@ -381,7 +386,7 @@ def sedd_analytic(
 ) -> torch.Tensor:
     """Kernel for :func:`fastdiff.reference.updates.sedd_analytic`."""
     if graph == "absorb":
-        consts, mode = [torch.log(torch.expm1(delta))], RATE
+        consts, mode = [_log_expm1_rate(delta)], RATE
     else:
         consts, mode = _tweedie(delta, log_score.shape[-1]), TWEEDIE
     return _update(

@@ -55,6 +55,17 @@ def init_seed(seed: int) -> int:
 Apply = Callable[..., torch.Tensor]
 
 
+def _check_model_output(out: torch.Tensor) -> None:
+    """The denoiser's output is floating (logits, log-scores or a Gaussian prediction): an
+    integer tensor would otherwise be read as weights without complaint. Metadata only: no
+    host synchronization."""
+    if not out.is_floating_point():
+        raise TypeError(
+            "the denoiser must return a floating tensor (logits, log-scores or the Gaussian "
+            f"prediction), got {out.dtype}"
+        )
+
+
 def make_step_loop(
     apply: Apply,
     inputs: torch.Tensor,
@@ -80,9 +91,11 @@ def make_step_loop(
     seeds_dev = torch.tensor(seeds, dtype=torch.int64, device=device)
 
     def update(out: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        _check_model_output(out)
         return apply(out, x, seeds[i], {k: v[i] for k, v in tables.items()}, i)
 
     def update_graphed(out: torch.Tensor, x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        _check_model_output(out)
         idx = step.reshape(1)
         values = {k: v.index_select(0, idx).reshape(()) for k, v in tables.items()}
         return apply(out, x, seeds_dev.index_select(0, idx).reshape(()), values, step)
