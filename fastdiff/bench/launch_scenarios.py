@@ -72,10 +72,11 @@ def _losses(dtype: torch.dtype, vocab: int) -> Callable[[], None]:
                         _scores(dtype, vocab, grad),
                         _tokens(),
                         _tokens(),
-                        _per_row(),
+                        sigma=_per_row(),
                         graph=graph,
                         mask_id=mask,
                         weight=weight,
+                        reduction="none",
                     )
             fastdiff.masked_diffusion_loss(
                 _scores(dtype, vocab, grad),
