@@ -13,8 +13,9 @@ Transforms from the 64 bits of a column:
 - :func:`exponential` ``E ~ Exp(1)``: one bit picks the half of the unit interval and 63 bits
   give ``W`` in ``(0, 1/2)`` with full relative precision, then ``E = -log(W)`` (upper half of
   ``E``) or ``E = -log1p(-W)`` (lower half). Both tails are exact to float64 rounding: ``E``
-  reaches ``2^-64`` and ``44``, where float32 uniforms stop at ``6e-8`` and ``16.6``. This is
-  what makes Gumbel-max sampling (``argmax w / E``) match float64 sampling for rare tokens.
+  reaches ``2^-65`` and ``45`` (``65 log 2``), where float32 uniforms stop at ``6e-8`` and
+  ``16.6``. This is what makes Gumbel-max sampling (``argmax w / E``) match float64 sampling
+  for rare tokens.
 - :func:`group_exponential`: the ``Exp(1)`` of the group draw of the grouped race below, from
   words ``(r0, r1)`` of counter ``(2^30 + g, row, offset_lo, offset_hi)`` for group ``g``.
 - :func:`normal`: Box-Muller with a 52-bit radius uniform and a 32-bit angle (``z`` for even
