@@ -1,5 +1,6 @@
 """The ``fastdiff`` console script: ``fastdiff bench ...`` and ``fastdiff demo ...`` (each
-subcommand adds its parser in :func:`build_parser`)."""
+subcommand adds its parser in :func:`build_parser`, and reports its errors under its own name:
+:func:`fastdiff.cli_support.execute`)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time every op against its reference and baselines", **command.PARSER_TEXT
     )
     command.add_arguments(bench)
-    bench.set_defaults(handler=command.run)
+    bench.set_defaults(handler=command.run, command_parser=bench)
     demo_parser = sub.add_parser(
         "demo",
         help="train and sample a small diffusion language model (minutes on a CPU)",
         **demo.PARSER_TEXT,
     )
     demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(handler=demo.run)
+    demo_parser.set_defaults(handler=demo.run, command_parser=demo_parser)
     return parser
 
 

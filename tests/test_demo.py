@@ -108,8 +108,24 @@ def test_user_corpus_and_bad_path(tmp_path):
     data = corpus.load([tmp_path / "a.txt", sub], 32)
     assert data.files == 2
     assert data.train.numel() + data.heldout.numel() == 16 * 400 + 6 * 300
+    assert data.not_text == ()
     with pytest.raises(ValueError, match="no such file"):
         corpus.load([tmp_path / "missing.txt"], 32)
+    # not text: read byte for byte, and listed; empty: an error naming the input
+    (sub / "c.bin").write_bytes(b"\x00\xff" * 500)
+    (sub / "d.txt").write_bytes("caf\u00e9\n".encode() * 100)
+    data = corpus.load([sub], 32)
+    assert data.not_text == (sub / "c.bin",) and data.files == 3
+    assert data.train.numel() + data.heldout.numel() == 6 * 300 + 1000 + 600 + 1
+    assert not corpus.is_text(b"\xc3") and not corpus.is_text(b"a\0") and corpus.is_text(b"")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match="only empty files"):
+        corpus.load([tmp_path / "empty.txt"], 32)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"--corpus .*none: no files"):
+        corpus.load([tmp_path / "none"], 32)
+    with pytest.raises(ValueError, match=r"--corpus .*a\.txt: the corpus has"):
+        corpus.load([tmp_path / "a.txt"], 512)
 
 
 def test_model_shapes_and_untrained_output():
@@ -263,6 +279,11 @@ def test_cli_resume_continues_and_checks_the_objective(tmp_path):
     assert [s for s, _ in second["history"]] == list(range(8))
     assert second["settings"]["resumed_from"] == str(ckpt)
     assert second["heldout"]["untrained"] == first["heldout"]["untrained"]
+    times = second["timings"]  # this run's training within this run's total; all runs beside
+    assert times["training"] <= times["total"]
+    assert times["training_all_runs"] == pytest.approx(
+        times["training"] + first["timings"]["training_all_runs"]
+    )
     # the resumed run keeps its own settings unless told otherwise: seed 7 and lr 3e-3 given
     # at the start and not repeated at --resume still hold (a changed seed would change data)
     a = _demo(tmp_path / "s", *TINY, *QUICK, "--steps", "4", "--seed", "7", "--lr", "3e-3")

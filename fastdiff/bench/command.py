@@ -1,5 +1,6 @@
 """Time the ops against their reference, torch.compile and public-style baselines; print a
-table, write JSON (schema: fastdiff.bench.report) and a PNG plot under --out.
+table, write JSON (schema: fastdiff.bench.report) and a PNG plot under --out (default:
+./fastdiff_bench/ in the current directory; the paths written are printed).
 
 Examples:
 
@@ -10,12 +11,14 @@ Examples:
     fastdiff bench --model                         # throughput MODEL of the hot kernels from
                                                    # their compiled SASS (no GPU needed)
 
-(``python -m fastdiff.bench`` is the same command.)
+Errors are one line on stderr: exit status 2 for a bad setting, 1 for an unreadable or
+unwritable file. (``python -m fastdiff.bench`` is the same command.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,10 +26,10 @@ import torch
 
 from fastdiff.bench import cases, peak, report, runner
 from fastdiff.bench.shapes import CPU_DTYPES, DTYPES, GPU_DTYPES, TIERS, dtype_name, parse_shape
-from fastdiff.cli_support import execute, parser_text
+from fastdiff.cli_support import check_writable, execute, parse_device, parser_text
 
 PROVIDER_CHOICES = (*cases.CORE_PROVIDERS, "baseline", *cases.BASELINE_STYLES)
-DEFAULT_OUT = Path("benchmarks") / "results"
+DEFAULT_OUT = Path("fastdiff_bench")  # in the current directory, not in a checkout's tree
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help=f"directory of the JSON and PNG files (default: {DEFAULT_OUT})",
+        help=f"directory of the JSON and PNG files (default: ./{DEFAULT_OUT}/ in the current "
+        "directory; the repository's committed results are under benchmarks/results/)",
     )
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,22 +133,35 @@ def _shapes(specs: list[str] | None, device: torch.device, quick: bool):
     return default, [parse_shape(s) for s in specs]
 
 
+def _result_file(path: Path) -> dict:
+    """A ``--compare`` result file, or a ``ValueError`` naming it."""
+    try:
+        return report.load(path)
+    except OSError as err:
+        raise ValueError(f"--compare {path}: {err.strerror or err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--compare {path}: not a JSON result file ({err})") from None
+    except AttributeError:  # JSON, but not an object
+        raise ValueError(f"--compare {path}: not a fastdiff bench result file") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fastdiff bench`` with parsed arguments; returns the exit status."""
     if args.compare:
-        a, b = (report.load(p) for p in args.compare)
+        a, b = (_result_file(p) for p in args.compare)
         print(report.compare(a, b, str(args.compare[0]), str(args.compare[1])))
         return 0
     if args.list:
         print(_list())
         return 0
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_writable(args.out)
     if args.model:
         from fastdiff.bench import throughput_model
 
         return throughput_model.main(args.out, plot_png=not args.no_plot)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available here")
+    device = parse_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA events and do_bench use the current device
     threads = torch.get_num_threads()

@@ -11,29 +11,59 @@ Examples:
     torchrun --nproc_per_node 2 -m fastdiff.demo # DistributedDataParallel (gloo / nccl)
 
 Writes summary.json, loss.png and checkpoint.pt (also every --checkpoint-every steps) under
---out. The learning-rate schedule follows --steps, and every step's data and noise depend only
+--out, each whole or not at all. An --out that holds an earlier run's outputs is refused unless
+--overwrite is given or --resume names its checkpoint, and one run at a time may use an --out.
+The learning-rate schedule follows --steps, and every step's data and noise depend only
 on (--seed, step, rank): resuming with the same --steps repeats the uninterrupted run exactly,
-a larger --steps extends it. On CUDA the ops run as fastdiff's
-Triton kernels and the model, batch and run are larger. (``python -m fastdiff.demo`` is the
-same command.)
+a larger --steps extends it. Ctrl-C during training saves the checkpoint at the end of the step
+and prints the command that continues the run (exit status 130; a second Ctrl-C stops at once).
+A non-finite training loss (a too large --lr) stops the run and saves nothing after it: the last
+good checkpoint stays. A corpus file that is not UTF-8 text is trained on as bytes, with a
+warning. On CUDA the ops run as fastdiff's Triton kernels and the model, batch and run are
+larger. Errors are one line on stderr: exit status 2 for a bad setting, 1 for a failure (an
+unreadable or unwritable file, a diverged run). (``python -m fastdiff.demo`` is the same
+command.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+import shlex
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.distributed as dist
 
 from fastdiff import checks
-from fastdiff.cli_support import execute, parser_text
+from fastdiff.cli_support import (
+    INTERRUPTED,
+    Failure,
+    Interrupted,
+    check_writable,
+    execute,
+    parser_text,
+)
 from fastdiff.demo import corpus, objectives, report, train
 from fastdiff.demo.model import ModelConfig
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock, the refusal of earlier outputs remains
+    fcntl = None
+
 DEFAULT_OUT = Path("demo_out")
+OUTPUTS = ("checkpoint.pt", "summary.json", "loss.png")
+LOCK_NAME = ".fastdiff-demo.lock"  # held (flock) by the run writing into --out
+MODEL_SIZES = {"seq_len": "max_len", "dim": "dim", "depth": "depth", "heads": "heads"}
 CPU_DEFAULTS = {
     "steps": 2000,
     "batch_size": 32,
@@ -112,9 +142,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch device (default: cuda if available, else cpu)",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output directory (default: {DEFAULT_OUT}); one holding an earlier run's outputs "
+        "is refused unless --overwrite, or --resume of its checkpoint.pt",
     )
-    parser.add_argument("--resume", type=Path, metavar="CKPT", help="continue from a checkpoint")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CKPT",
+        help="continue from a checkpoint (the model sizes are the checkpoint's)",
+    )
     parser.add_argument(
         "--checkpoint-every", type=int, default=200, help="checkpoint period in steps (200)"
     )
@@ -148,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     rank = train.setup_distributed(args.device)
     try:
         torch.set_num_threads(args.threads or threads)
-        return _demo(args, rank, start)
+        with _output_folder(args, rank.main):
+            return _demo(args, rank, start)
     finally:
         torch.set_num_threads(threads)
         train.teardown_distributed()
@@ -160,9 +203,124 @@ def _saved_settings(ckpt: dict) -> dict:
     return ckpt.get("settings") or {k: ckpt["train_config"][k] for k in keys}
 
 
-def _say(rank: train.Dist, *lines: str) -> None:
+def _say(rank: train.Dist, *lines: str, file: IO[str] | None = None) -> None:
     if rank.main:
-        print(*lines, sep="\n", flush=True)
+        print(*lines, sep="\n", flush=True, file=file or sys.stdout)
+
+
+@contextlib.contextmanager
+def _output_folder(args: argparse.Namespace, main: bool) -> Iterator[None]:
+    """Claim ``--out`` for this run before any work: writable (else :class:`Failure`), not in
+    use by another run (rank 0 holds the lock file's ``flock`` until the block ends), and not
+    holding an earlier run's outputs unless ``--overwrite`` or ``--resume`` of its checkpoint.
+    A folder this claim created and the run left empty is removed."""
+    out: Path = args.out
+    check_writable(out)
+    created = not out.exists()
+    lock = _lock(out) if main else None
+    try:
+        _refuse_earlier_outputs(args)
+        yield
+    finally:
+        if lock is not None:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            lock.close()
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+
+
+def _lock(out: Path) -> IO[str]:
+    """The open lock file of ``out``, locked for this process, its pid written in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 (kept open: the lock's lifetime)
+    except OSError as err:
+        raise Failure(f"--out {out}: cannot write there ({err.strerror})") from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            pid = f" (pid {owner})" if owner else ""
+            raise Failure(
+                f"--out {out} is in use by another fastdiff demo{pid}: wait for it, "
+                "or choose another --out"
+            ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _refuse_earlier_outputs(args: argparse.Namespace) -> None:
+    """:class:`Failure` when ``--out`` holds outputs this run would replace, unless
+    ``--overwrite`` or ``--resume`` names its ``checkpoint.pt``."""
+    out: Path = args.out
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    ckpt = out / "checkpoint.pt"
+    continuing = args.resume is not None and ckpt.exists() and args.resume.exists()
+    if not existing or args.overwrite or (continuing and os.path.samefile(args.resume, ckpt)):
+        return
+    resume = f", or --resume {ckpt} to continue that run" if ckpt.exists() else ""
+    raise Failure(
+        f"--out {out} already holds {', '.join(existing)} of an earlier run: pass --overwrite "
+        f"to replace them{resume}, or choose another --out"
+    )
+
+
+def _check_model_sizes(args: argparse.Namespace, ckpt: dict) -> None:
+    """A ``ValueError`` when a model size given on the command line differs from the resumed
+    checkpoint's (the checkpoint's model is what continues)."""
+    saved = {key: ckpt["model_config"][field] for key, field in MODEL_SIZES.items()}
+    given = {key: getattr(args, key) for key in MODEL_SIZES if getattr(args, key) is not None}
+    differ = [key for key, value in given.items() if value != saved[key]]
+    if differ:
+
+        def flags(values: dict) -> str:
+            return " ".join(f"--{key.replace('_', '-')} {values[key]}" for key in differ)
+
+        raise ValueError(
+            f"--resume {args.resume}: the checkpoint's model has {flags(saved)}, not "
+            f"{flags(given)} (leave the model sizes out to continue it)"
+        )
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """Within the block, the first Ctrl-C (SIGINT) only sets the flag this yields (a callable
+    returning it) and a second one interrupts at once. Outside the main thread, where Python
+    cannot catch signals, or where SIGINT is ignored (a background job), the flag stays unset."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        yield lambda: False
+        return
+    hits: list[int] = []
+    restore = previous if previous is not None else signal.default_int_handler
+
+    def handler(signum: int, frame: object) -> None:
+        hits.append(signum)
+        signal.signal(signal.SIGINT, restore)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, restore)
+
+
+def _resume_command(args: argparse.Namespace, path: Path) -> str:
+    """This run's command line with ``--resume path`` in place of any ``--resume``."""
+    words: list[str] = []
+    skip = False
+    for word in args.command_line:
+        if skip or word == "--resume" or word.startswith("--resume="):
+            skip = word == "--resume"
+            continue
+        words.append(word)
+    return shlex.join([*words, "--resume", str(path)])
 
 
 def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
@@ -177,6 +335,7 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
                 f"{saved[1]!r} graph, not {objective.label!r} (pass --objective {saved[0]} "
                 f"--graph {saved[1]})"
             )
+        _check_model_sizes(args, ckpt)
     s = _settings(args, rank.device, None if ckpt is None else _saved_settings(ckpt))
     model_cfg = ModelConfig(objective.vocab_size, s["seq_len"], s["dim"], s["depth"], s["heads"])
     if ckpt is not None:
@@ -204,6 +363,13 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
         f"corpus: {data.source}: {data.files} files, {data.train.numel():,} training and "
         f"{data.heldout.numel():,} held-out bytes",
     )
+    if data.not_text:
+        _say(
+            rank,
+            f"warning: --corpus: {len(data.not_text)} of {data.files} files are not UTF-8 text "
+            f"(first: {data.not_text[0]}); their bytes are trained on as they are",
+            file=sys.stderr,
+        )
 
     def evaluate() -> float:
         state.model.eval()
@@ -219,28 +385,54 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
     if ckpt is not None:
         train.restore(state, ckpt)
         _say(rank, f"resumed from {args.resume} at step {state.step}")
+    earlier_seconds = state.seconds
 
     checkpoint_path = args.out / "checkpoint.pt"
+    # the last checkpoint with finite weights on disk: (path, step), None before the first
+    last_good = None if ckpt is None else (args.resume, state.step)
 
     def checkpoint(st: train.State) -> None:
+        nonlocal last_good
         if rank.main:
             train.save_checkpoint(
                 checkpoint_path, st, model_cfg, cfg, objective, {**s, "seed": args.seed}
             )
+            last_good = (checkpoint_path, st.step)
 
-    with checks.value_checks(rank.device.type != "cuda"):
-        train.train(
-            state,
-            objective,
-            stream,
-            cfg,
-            rank,
-            progress=not args.no_progress,
-            checkpoint=checkpoint,
+    try:
+        with checks.value_checks(rank.device.type != "cuda"):
+            with _ctrl_c_stops() as interrupted:
+                finished = train.train(
+                    state,
+                    objective,
+                    stream,
+                    cfg,
+                    rank,
+                    progress=not args.no_progress,
+                    checkpoint=checkpoint,
+                    stop=interrupted,
+                )
+            checkpoint(state)
+    except train.Diverged as err:
+        kept = "no checkpoint was written"
+        if last_good is not None:
+            kept = f"the last good checkpoint is {last_good[0]} (step {last_good[1]})"
+        raise Failure(
+            f"training diverged: {err.what} at step {err.step} (try a lower --lr); nothing was "
+            f"saved after it, {kept}"
+        ) from None
+    if rank.world > 1:
+        dist.barrier()
+    if not finished:  # Ctrl-C: every rank stopped after the same step
+        if not rank.main:
+            return INTERRUPTED
+        raise Interrupted(
+            f"interrupted at step {state.step} of {cfg.steps}: saved {checkpoint_path}; "
+            f"continue with: {_resume_command(args, checkpoint_path)}"
         )
-    checkpoint(state)
     if rank.main:
-        _finish(args, s, state, objective, data, eval_set, untrained, eval_seconds, start)
+        seconds = {"start": start, "eval": eval_seconds, "earlier_training": earlier_seconds}
+        _finish(args, s, state, objective, data, eval_set, untrained, seconds)
     if rank.world > 1:
         dist.barrier()
     return 0
@@ -254,14 +446,16 @@ def _finish(
     data: corpus.Corpus,
     eval_set: torch.Tensor,
     untrained: float,
-    eval_seconds: float,
-    start: float,
+    seconds: dict[str, float],
 ) -> None:
-    """Rank 0, after training: evaluate, sample, print and write the outputs."""
+    """Rank 0, after training: evaluate, sample, print and write the outputs. ``seconds``:
+    ``start`` (the run's ``perf_counter`` at its start), ``eval`` (evaluation so far) and
+    ``earlier_training`` (training seconds of the runs this one resumed)."""
     from fastdiff.demo import sampling
 
     model = state.model.eval()
     t0 = time.perf_counter()
+    eval_seconds = seconds["eval"]
     trained = objectives.heldout_loss(
         model, objective, eval_set, draws=EVAL_DRAWS, seed=args.seed + 1, batch=64
     )
@@ -291,7 +485,8 @@ def _finish(
     for item in samples["infill"]:
         print(report.show(f"[{item['prefix']}]<{item['middle']}>[{item['suffix']}]"))
         print(report.rule("").strip())
-    total = time.perf_counter() - start
+    total = time.perf_counter() - seconds["start"]
+    this_run = state.seconds - seconds["earlier_training"]
     train_tokens = len(state.history) * s["batch_size"] * s["seq_len"]
     summary = {
         "settings": {
@@ -317,7 +512,8 @@ def _finish(
         },
         "samples": {k: samples[k] for k in ("unconditional", "infill")},
         "timings": {
-            "training": state.seconds,
+            "training": this_run,
+            "training_all_runs": state.seconds,
             "evaluation": eval_seconds,
             "sampling": samples["seconds"],
             "total": total,
@@ -326,9 +522,11 @@ def _finish(
         },
         "history": [[step, loss] for step, loss in state.history],
     }
+    resumed = f" ({state.seconds:.0f} s of training in all runs)" if args.resume else ""
     print(
         f"\nsampling: {samples['tokens_per_s']:,.0f} tokens/s ({objective.sampler}, "
-        f"{s['sample_steps']} steps); training {state.seconds:.0f} s, total {total:.0f} s"
+        f"{s['sample_steps']} steps); this run: training {this_run:.0f} s, total {total:.0f} s"
+        f"{resumed}"
     )
     print(f"JSON: {report.write_json(summary, args.out / 'summary.json')}")
     if not args.no_plot:

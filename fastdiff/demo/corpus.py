@@ -13,6 +13,10 @@ group) is held out, so held-out text is spread over the whole corpus and a held-
 never seen, in part or whole, in training. A corpus of fewer files is split by
 ``CHUNK``-byte chunks of its byte stream instead (the last chunk of each group of
 ``HELDOUT_EVERY``).
+
+A user's file that is not text (not valid UTF-8, or holding NUL bytes) is still read, byte for
+byte (the model is byte-level), and listed in :attr:`Corpus.not_text` so that the command warns
+once; an empty corpus (no files, or only empty ones) is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ _SKIP_PARTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Token streams ``train`` and ``heldout`` (uint8 ``[n]``) and where they came from."""
+    """Token streams ``train`` and ``heldout`` (uint8 ``[n]``), where they came from, and the
+    files read that are not text (module docstring)."""
 
     train: Tensor
     heldout: Tensor
     source: str
     files: int
+    not_text: tuple[Path, ...] = ()
 
     def summary(self) -> dict[str, object]:
         """Sizes and origin, for the JSON summary."""
@@ -78,22 +84,37 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _read(files: list[Path], limit: int | None) -> list[bytes]:
+def is_text(data: bytes) -> bool:
+    """True when ``data`` is valid UTF-8 without NUL bytes."""
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read(files: list[Path], limit: int | None) -> tuple[list[bytes], list[Path]]:
     """The non-empty files' bytes (each ending in a newline), in order, until ``limit`` bytes
-    are collected (the last file cut at the limit)."""
+    are collected (the last file cut at the limit); and those of the files read that are not
+    text (:func:`is_text`, judged on the whole file)."""
     parts: list[bytes] = []
+    not_text: list[Path] = []
     total = 0
     for f in files:
         data = f.read_bytes()
         if not data:
             continue
+        if not is_text(data):
+            not_text.append(f)
         data = data if data.endswith(b"\n") else data + b"\n"
         if limit is not None and total + len(data) >= limit:
             parts.append(data[: limit - total])
             break
         parts.append(data)
         total += len(data)
-    return parts
+    return parts, not_text
 
 
 def _tokens(data: bytes) -> Tensor:
@@ -142,16 +163,24 @@ def split_files(parts: list[bytes], min_len: int) -> tuple[Tensor, Tensor]:
 
 def load(paths: list[Path] | None, min_len: int, limit: int | None = DEFAULT_BYTES) -> Corpus:
     """The corpus of ``paths`` (files or directories), or the standard library's source when
-    ``paths`` is empty; at most ``limit`` bytes (``None``: no limit)."""
+    ``paths`` is empty; at most ``limit`` bytes (``None``: no limit). A ``ValueError`` naming
+    ``--corpus`` when the user's paths hold no text at all or too little."""
     if paths:
         files = _expand(paths)
         source = ", ".join(str(p) for p in paths)
     else:
         files = stdlib_files()
         source = f"Python standard library ({sysconfig.get_paths()['stdlib']})"
-    parts = _read(files, limit)
-    train, heldout = split_files(parts, min_len)
-    return Corpus(train, heldout, source, len(parts))
+    parts, not_text = _read(files, limit)
+    if paths and not parts:
+        what = "only empty files" if files else "no files"
+        raise ValueError(f"--corpus {source}: {what}, nothing to train on")
+    try:
+        train, heldout = split_files(parts, min_len)
+    except ValueError as err:
+        option = f"--corpus {source}" if paths else f"--corpus-bytes {limit}"
+        raise ValueError(f"{option}: {err}") from None
+    return Corpus(train, heldout, source, len(parts), tuple(not_text))
 
 
 def shard(stream: Tensor, rank: int, world: int) -> Tensor:

@@ -12,8 +12,9 @@ JSON summary (``summary.json``), top-level keys (:data:`SUMMARY_KEYS`):
   :func:`fastdiff.likelihood.perplexity_bound`),
 - ``samples``: ``{"unconditional": [text, ...], "infill": [{"prefix", "middle", "suffix",
   "original_middle"}, ...]}``,
-- ``timings``: seconds of ``training``, ``evaluation``, ``sampling`` and ``total``,
-  ``train_tokens_per_s`` and ``sampling_tokens_per_s``,
+- ``timings``: seconds of this run's ``training``, ``evaluation``, ``sampling`` and ``total``
+  (its wall time), ``training_all_runs`` (training seconds including the runs a ``--resume``
+  continued), ``train_tokens_per_s`` (over all runs) and ``sampling_tokens_per_s``,
 - ``history``: ``[[step, loss], ...]``, the training curve.
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from fastdiff.cli_support import replacing
 
 SUMMARY_KEYS = (
     "settings",
@@ -40,17 +43,18 @@ def final_loss(history: list[tuple[int, float]]) -> float:
 
 
 def write_json(summary: dict, path: Path) -> Path:
-    """Write ``summary`` (keys :data:`SUMMARY_KEYS`) as indented JSON."""
+    """Write ``summary`` (keys :data:`SUMMARY_KEYS`) as indented JSON, atomically."""
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
         raise ValueError(f"summary lacks {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return path
 
 
 def plot(summary: dict, path: Path) -> Path:
-    """The training curve (raw and smoothed) with the held-out losses as horizontal lines."""
+    """The training curve (raw and smoothed) with the held-out losses as horizontal lines,
+    written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,8 +82,8 @@ def plot(summary: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

@@ -2,6 +2,10 @@
 (run seed, step, rank) so a resumed run repeats exactly what the uninterrupted one would have
 done, checkpoints, and DistributedDataParallel when launched by ``torchrun``.
 
+Stopping: :func:`train` stops at the end of a step when its ``stop`` callable says so (the
+demo's Ctrl-C), and raises :class:`Diverged` at the first non-finite loss; a checkpoint is
+never written with non-finite weights.
+
 Distributed runs: with ``WORLD_SIZE > 1`` in the environment (``torchrun`` sets it, with
 ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``), :func:`setup_distributed` joins
 the process group (``nccl`` on CUDA, ``gloo`` on the CPU), each rank trains on its own shard
@@ -23,10 +27,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastdiff.cli_support import one_line, parse_device, replacing
 from fastdiff.demo import corpus
 from fastdiff.demo.model import Denoiser, ModelConfig
 from fastdiff.demo.objectives import Objective
 from fastdiff.schedules import sample_times
+
+# what load_checkpoint requires of a checkpoint ("graph" and "settings" are newer, optional)
+CHECKPOINT_KEYS = frozenset(
+    {
+        "model",
+        "optimizer",
+        "step",
+        "history",
+        "seconds",
+        "model_config",
+        "train_config",
+        "objective",
+    }
+)
+
+
+class Diverged(Exception):
+    """Training met a non-finite loss, or non-finite weights, at step ``step``."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"{what} at step {step}")
+        self.step = step
+        self.what = what
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +92,7 @@ def setup_distributed(device: str) -> Dist:
     On CUDA each rank takes ``cuda:LOCAL_RANK``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here")
+    dev = parse_device(device)
     if world <= 1:
         if dev.type == "cuda" and dev.index is not None:
             # Triton launches on the current device: make it the one the tensors live on
@@ -131,6 +157,11 @@ def build(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Sta
     return State(model, optimizer)
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """True when every parameter of ``model`` is finite."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def save_checkpoint(
     path: Path,
     state: State,
@@ -139,34 +170,56 @@ def save_checkpoint(
     objective: Objective,
     settings: dict | None = None,
 ) -> None:
-    """Write the checkpoint atomically (a temporary file renamed over ``path``); ``settings``
-    (the run's command-line settings) are what ``--resume`` continues with; the objective is
-    recorded by name and graph."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "model": state.model.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "step": state.step,
-            "history": state.history,
-            "seconds": state.seconds,
-            "model_config": dataclasses.asdict(model_cfg),
-            "train_config": dataclasses.asdict(cfg),
-            "objective": objective.name,
-            "graph": objective.graph,
-            "settings": dict(settings or {}),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    """Write the checkpoint atomically (a temporary file of this call renamed over ``path``);
+    ``settings`` (the run's command-line settings) are what ``--resume`` continues with; the
+    objective is recorded by name and graph. Raises :class:`Diverged`, writing nothing, when a
+    weight is not finite."""
+    if not weights_finite(state.model):
+        raise Diverged(state.step, "non-finite weights")
+    with replacing(path) as tmp:
+        torch.save(
+            {
+                "model": state.model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "step": state.step,
+                "history": state.history,
+                "seconds": state.seconds,
+                "model_config": dataclasses.asdict(model_cfg),
+                "train_config": dataclasses.asdict(cfg),
+                "objective": objective.name,
+                "graph": objective.graph,
+                "settings": dict(settings or {}),
+            },
+            tmp,
+        )
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` onto ``device``."""
+    """Read a checkpoint written by :func:`save_checkpoint` onto ``device`` (tensors and plain
+    data only: ``torch.load(weights_only=True)``); a ``ValueError`` naming ``path`` when it is
+    missing, unreadable or not such a checkpoint."""
     if not path.is_file():
-        raise ValueError(f"--resume {path}: no such checkpoint")
-    return torch.load(path, map_location=device, weights_only=False)
+        what = "a directory, not a checkpoint file" if path.is_dir() else "no such checkpoint"
+        raise ValueError(f"--resume {path}: {what}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # whatever a truncated or foreign file makes the unpickler raise
+        reason = one_line(err).split(". ")[0][:160]  # the first sentence: torch's run long
+        what = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+        raise ValueError(
+            f"--resume {path}: not a readable fastdiff demo checkpoint (truncated, corrupt or "
+            f"another kind of file: {what})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(
+            f"--resume {path}: not a fastdiff demo checkpoint (a {type(ckpt).__name__})"
+        )
+    missing = sorted(CHECKPOINT_KEYS - set(ckpt))
+    if missing:
+        raise ValueError(
+            f"--resume {path}: not a fastdiff demo checkpoint (keys missing: {', '.join(missing)})"
+        )
+    return ckpt
 
 
 def restore(state: State, ckpt: dict) -> None:
@@ -187,13 +240,17 @@ def train(
     *,
     progress: bool,
     checkpoint: Callable[[State], None],
-) -> None:
-    """Train from ``state.step`` to ``cfg.steps`` on this rank's ``stream`` (uint8 tokens).
+    stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Train from ``state.step`` to ``cfg.steps`` on this rank's ``stream`` (uint8 tokens);
+    returns False when ``stop()`` ended it (even after the last step), else True.
 
     Each step draws ``batch_size`` random windows and one noise seed from
     :func:`step_seed`, takes one optimizer step and appends ``(step, loss)`` (the loss averaged
     over ranks) to ``state.history``. ``checkpoint(state)`` is called every
-    ``checkpoint_every`` steps (on every rank: the callee decides who writes).
+    ``checkpoint_every`` steps (on every rank: the callee decides who writes). ``stop()`` is
+    asked after every step (when any rank says so, every rank stops there). A non-finite loss,
+    or a loss the value checks reject while a weight is not finite, raises :class:`Diverged`.
     """
     from tqdm import tqdm
 
@@ -213,31 +270,43 @@ def train(
         dynamic_ncols=True,
     )
     smooth = None
-    while state.step < cfg.steps:
-        start = time.perf_counter()
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, state.step, rank.rank, "data"))
-        x0 = corpus.random_windows(stream, cfg.batch_size, cfg.seq_len, gen).to(rank.device)
-        t = sample_times(cfg.batch_size, antithetic=True, generator=gen).to(rank.device)
-        noise_seed = step_seed(cfg.seed, state.step, rank.rank, "noise")
-        for group in state.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, state.step)
-        loss = objective.loss(model, x0, t, noise_seed)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
-        state.optimizer.step()
-        value = loss.detach()
-        if rank.world > 1:
-            dist.all_reduce(value)
-            value /= rank.world
-        value = float(value)
-        state.history.append((state.step, value))
-        state.step += 1
-        elapsed = time.perf_counter() - start
-        state.seconds += elapsed
-        smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
-        bar.set_postfix_str(f"loss {smooth:.3f}  {tokens_per_step / elapsed:,.0f} tok/s")
-        bar.update()
-        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
-            checkpoint(state)
-    bar.close()
+    stopping = False
+    try:
+        while state.step < cfg.steps and not stopping:
+            start = time.perf_counter()
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, state.step, rank.rank, "data"))
+            x0 = corpus.random_windows(stream, cfg.batch_size, cfg.seq_len, gen).to(rank.device)
+            t = sample_times(cfg.batch_size, antithetic=True, generator=gen).to(rank.device)
+            noise_seed = step_seed(cfg.seed, state.step, rank.rank, "noise")
+            for group in state.optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, state.step)
+            try:
+                loss = objective.loss(model, x0, t, noise_seed)
+            except ValueError:
+                if weights_finite(state.model):
+                    raise
+                raise Diverged(state.step, "non-finite weights") from None
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+            state.optimizer.step()
+            # the loss and this rank's wish to stop, summed over the ranks in one reduction
+            value_t = loss.detach().float()
+            packed = torch.stack([value_t, value_t.new_tensor(float(stop()))])
+            if rank.world > 1:
+                dist.all_reduce(packed)
+            value, stopping = float(packed[0]) / rank.world, bool(packed[1] > 0)
+            if not math.isfinite(value):
+                raise Diverged(state.step, f"training loss {value}")
+            state.history.append((state.step, value))
+            state.step += 1
+            elapsed = time.perf_counter() - start
+            state.seconds += elapsed
+            smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+            bar.set_postfix_str(f"loss {smooth:.3f}  {tokens_per_step / elapsed:,.0f} tok/s")
+            bar.update()
+            if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and not stopping:
+                checkpoint(state)
+    finally:
+        bar.close()
+    return not stopping
