@@ -1,10 +1,13 @@
 """Likelihood bounds of discrete diffusion models: the negative ELBO per sequence and the
-perplexity upper bound of a data set (the metric of SEDD's and MDLM's results tables).
+perplexity upper bound of a data set (the metric of SEDD's, MDLM's and D3PM's results tables):
+the continuous-time bound (:func:`nelbo`, :func:`perplexity_bound`) and D3PM's discrete-time
+one (:func:`d3pm_nelbo`, :func:`d3pm_perplexity_bound`; section "D3PM" below).
 
 A denoiser is a callable ``denoiser(x_t [B, L] int64, sigma [B] fp32) -> [B, L, V]``: raw
 log-scores (``log s(x_t)_{i, j}``, the log-ratio ``p_t(x_t with x_i = j) / p_t(x_t)``) for
 ``objective="sedd"`` (``graph="absorb"`` or ``"uniform"``), logits over ``x0`` for
-``objective="mdlm"`` (MDLM SUBS, absorbing graph).
+``objective="mdlm"`` (MDLM SUBS, absorbing graph); for D3PM, ``denoiser(x_t, t [B] fp32)``
+with the step ``t`` in ``1..T`` as a float, logits over ``x0``.
 It runs under :func:`torch.inference_mode` on its own device (an ``nn.Module``'s parameters
 decide; else the tokens' device), and is called once per (time, noise draw) on a whole batch,
 each sequence at its own time.
@@ -64,6 +67,55 @@ key and one offset per draw.
 independent randomness and reports nats / bits per token, the perplexity bound
 ``exp(nats per token)`` and the Monte Carlo standard error from the spread of the repeats
 (the data set is fixed: its own sampling variability is not included).
+
+**Reporting conventions** (``t_min``, ``include_prior``). SEDD's and MDLM's evaluation draws
+``t ~ U[t_min, 1]`` with ``t_min = 1e-3`` and reports the integral term alone. ``t_min > 0``
+integrates over ``[t_min, 1]`` only (``t = t_min + (1 - t_min) u^p``; the weights carry the
+factor ``1 - t_min``): the part over ``[0, t_min)`` is dropped, so the result is **not** a
+strict bound on ``-log p_theta(x0)`` (it is lower by the integral there, which is small but
+not zero; the papers' mean of the integrand over ``t ~ U[t_min, 1]`` is this integral divided
+by ``1 - t_min``, 0.1% larger at ``1e-3``). ``include_prior=False`` drops
+``KL(q_1(.|x0) || pi)`` (also no longer a strict bound unless that term is 0, as for
+``LinearAlpha``); ``LikelihoodBound.prior_nats_per_token`` is then 0.0, the share actually
+included. The defaults (``t_min=0``, ``include_prior=True``)
+give the strict bound.
+
+**D3PM** (:func:`d3pm_nelbo`, :func:`d3pm_perplexity_bound`; Austin et al. 2021). Discrete
+time: ``T`` steps with one-step matrices ``Q_t`` and cumulative ``Qbar_t = Q_1 ... Q_t`` of a
+:class:`fastdiff.transitions.TransitionSchedule`, ``q(x_t | x0) = Cat(Qbar_t[x0, :])`` per
+token. The model's reverse step is the ``x0``-parameterized posterior
+``p_theta(x_{t-1} | x_t) = softmax(d3pm_posterior_logits(model_output, x_t, q_step=Q_t,
+qbar_next=Qbar_{t-1}))`` (docs/ops.md#d3pm-posterior), independent over positions, with
+``model_output = denoiser(x_t, t)``; ``p_theta(x0 | x_1) = softmax(model_output at t = 1)``;
+``x_T ~ pi``. The bound of a sequence ``x0 [L]``::
+
+    NELBO(x0) = sum_{t=2..T} E_{q(x_t|x0)} [ sum_i KL(q(x_{t-1,i} | x_t,i, x0_i)
+                                                  || p_theta(x_{t-1,i} | x_t)) ]
+                + E_{q(x_1|x0)} [ sum_i -log p_theta(x0_i | x_1) ]
+                + sum_i KL(Qbar_T[x0_i, :] || pi)
+              = -log p_theta(x0) + KL(q(x_{1:T} | x0) || p_theta(x_{1:T} | x0))
+
+with the true posterior ``q(x_{t-1} | x_t, x0) ∝ Q_t[:, x_t] ⊙ Qbar_{t-1}[x0, :]``
+(:func:`fastdiff.d3pm_posterior`). Each step's term for one draw ``x_t``
+(:func:`fastdiff.add_noise_dense`) is :func:`fastdiff.d3pm_hybrid_loss` with
+``hybrid_lambda=0`` (the ``L_vb`` of the training loss :class:`fastdiff.nn.D3PMLoss`).
+``num_t=None`` evaluates every step's term, each with one draw of ``x_t`` per sequence and
+step (the expectation over ``x_t`` is Monte Carlo: exactly it would need all ``V^L`` states);
+``num_t=K`` draws ``K`` steps per sequence stratified over ``1..T``, ``t_k = floor((k + u_k)
+T / K) + 1`` with independent ``u_k ~ U(0, 1)``, each term weighted ``T / K``: every step is
+drawn ``K / T`` times in expectation, so the estimate is unbiased (when ``K`` does not divide
+``T`` two neighbouring strata can draw the same step). Steps come from a CPU generator seeded
+with the run's key, the noising from :mod:`fastdiff.random` with that key and one offset per
+draw.
+
+The prior ``pi`` defaults to ``mean_v Qbar_T[v, :]``, the start distribution of
+:func:`fastdiff.sample` with ``method="d3pm"`` (so the bound is that of the model the sampler
+draws from): exactly uniform for doubly stochastic matrices (uniform, banded, Gaussian), the
+one-hot mask once an absorbing chain has masked every token by step ``T`` (``beta_T = 1``).
+Where ``Qbar_T`` has not reached that limit, the prior term is finite (``pi >= Qbar_T[v, :]
+/ V``, so at most ``log V`` per token) and included; :func:`d3pm_prior_nats` gives it per
+clean token. A ``prior`` passed in with no mass on a state ``Qbar_T[x0_i, :]`` reaches (the
+one-hot mask for a chain that has not absorbed everything) makes the bound infinite: an error.
 """
 
 from __future__ import annotations
@@ -76,12 +128,17 @@ import torch
 from torch import Tensor
 
 from fastdiff import checks
+from fastdiff.d3pm import d3pm_hybrid_loss
 from fastdiff.losses import masked_diffusion_loss, score_entropy
-from fastdiff.noising import add_noise
+from fastdiff.noising import add_noise, add_noise_dense
 from fastdiff.schedules import NoiseSchedule
+from fastdiff.transitions import TransitionSchedule
 
 __all__ = [
     "LikelihoodBound",
+    "d3pm_nelbo",
+    "d3pm_perplexity_bound",
+    "d3pm_prior_nats",
     "gauss_legendre",
     "nelbo",
     "perplexity_bound",
@@ -130,6 +187,8 @@ class _Setup:
     method: str
     noise_draws: int
     power: float
+    t_min: float
+    include_prior: bool
 
 
 def _positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -158,7 +217,17 @@ def _check_model(graph: str, schedule: NoiseSchedule, vocab_size: int) -> int:
 
 
 def _setup(
-    objective, graph, schedule, vocab_size, mask_id, num_t, method, noise_draws, power
+    objective,
+    graph,
+    schedule,
+    vocab_size,
+    mask_id,
+    num_t,
+    method,
+    noise_draws,
+    power,
+    t_min,
+    include_prior,
 ) -> _Setup:
     _check_objective(objective, graph)
     vocab = _check_model(graph, schedule, vocab_size)
@@ -166,6 +235,10 @@ def _setup(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not power >= 1.0:
         raise ValueError(f"time_power must be a number >= 1, got {power!r}")
+    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0.0 <= t_min < 1.0:
+        raise ValueError(f"t_min must be a number in [0, 1), got {t_min!r}")
+    if not isinstance(include_prior, bool):
+        raise TypeError(f"include_prior must be a bool, got {type(include_prior).__name__}")
     if graph == "uniform":
         if mask_id is not None:
             raise ValueError("the uniform graph has no mask token: pass mask_id=None")
@@ -181,6 +254,8 @@ def _setup(
         method,
         _positive_int("noise_draws", noise_draws),
         float(power),
+        float(t_min),
+        include_prior,
     )
 
 
@@ -224,7 +299,8 @@ def _uniform_open(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
 
 
 def _times(setup: _Setup, batch: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``(t [B, K], weight [B, K])`` of one estimate, float64 on the CPU."""
+    """``(t [B, K], weight [B, K])`` of one estimate, float64 on the CPU:
+    ``t = t_min + (1 - t_min) u^p``, ``weight = (1 - t_min) w_u p u^(p - 1)``."""
     k = setup.num_t
     if setup.method == "quadrature":
         nodes, weights = gauss_legendre(k)
@@ -236,8 +312,9 @@ def _times(setup: _Setup, batch: int, gen: torch.Generator) -> tuple[Tensor, Ten
         else:
             u = grid + _uniform_open((batch, k), gen) / k
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-    p = setup.power
-    return (u**p).clamp(T_MIN, 1.0 - T_MIN), weights * p * u ** (p - 1.0)
+    p, t_min = setup.power, setup.t_min
+    t = t_min + (1.0 - t_min) * u**p
+    return t.clamp(T_MIN, 1.0 - T_MIN), (1.0 - t_min) * weights * p * u ** (p - 1.0)
 
 
 def _device(denoiser: Denoiser, x0: Tensor) -> torch.device:
@@ -248,13 +325,18 @@ def _device(denoiser: Denoiser, x0: Tensor) -> torch.device:
     return x0.device
 
 
-def _check_x0(x0: Tensor, setup: _Setup) -> Tensor:
-    """Token ids ``[B, L]`` in range and never the mask (before the denoiser runs)."""
+def _check_tokens(x0: Tensor, vocab_size: int) -> None:
+    """Token ids ``[B, L]`` (int64 / int32, non-empty) in ``[0, vocab_size)``."""
     if not isinstance(x0, Tensor) or x0.dtype not in (torch.int64, torch.int32):
         raise TypeError("x0 must be an int64 / int32 tensor of token ids [B, L]")
     if x0.dim() != 2 or x0.numel() == 0:
         raise ValueError(f"x0 must have shape [B, L] with B, L >= 1, got {tuple(x0.shape)}")
-    checks.token_range("x0", x0, setup.vocab_size)
+    checks.token_range("x0", x0, vocab_size)
+
+
+def _check_x0(x0: Tensor, setup: _Setup) -> Tensor:
+    """Token ids ``[B, L]`` in range and never the mask (before the denoiser runs)."""
+    _check_tokens(x0, setup.vocab_size)
     masked = setup.mask_id is not None and checks.value_checks_enabled()
     if masked and bool((x0 == setup.mask_id).any()):
         raise ValueError(f"x0 contains the mask token {setup.mask_id}")
@@ -273,8 +355,8 @@ def _model_output(denoiser: Denoiser, x_t: Tensor, sigma: Tensor, vocab: int) ->
 def _estimate(
     denoiser: Denoiser, x0: Tensor, setup: _Setup, key: int, offset: int, gen: torch.Generator
 ) -> tuple[Tensor, int]:
-    """One estimate of ``NELBO(x0)`` per sequence (float64 ``[B]``, prior included) and the
-    next unused noise offset."""
+    """One estimate of ``NELBO(x0)`` per sequence (float64 ``[B]``, the prior included if
+    ``setup.include_prior``) and the next unused noise offset."""
     batch, length = x0.shape
     t_all, weights = _times(setup, batch, gen)
     graph = setup.graph
@@ -311,6 +393,8 @@ def _estimate(
                     reduction="none",
                 )
             total += loss.double().sum(-1) * weights[:, k].to(x0.device) / setup.noise_draws
+    if not setup.include_prior:
+        return total, offset
     prior = length * prior_nats_per_token(
         graph=graph, schedule=setup.schedule, vocab_size=setup.vocab_size
     )
@@ -330,6 +414,8 @@ def nelbo(
     method: str = "antithetic",
     noise_draws: int = 1,
     time_power: float = 1.0,
+    t_min: float = 0.0,
+    include_prior: bool = True,
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -346,14 +432,32 @@ def nelbo(
         num_t: times per sequence; method: ``"antithetic"``, ``"stratified"`` or
             ``"quadrature"``; noise_draws: draws of ``x_t`` per time.
         time_power: ``p`` of the change of variable ``t = u^p`` (module docstring).
+        t_min: integrate over ``[t_min, 1]`` only (``t = t_min + (1 - t_min) u^p``, the weights
+            times ``1 - t_min``); ``t_min > 0`` drops the part of the integral over
+            ``[0, t_min)``, so the result is no longer a strict bound (module docstring,
+            "Reporting conventions"). Default 0: the strict bound.
+        include_prior: add the prior term ``L * prior_nats_per_token(...)`` (default); False
+            drops it, as SEDD's and MDLM's reported numbers do.
         seed / generator: the randomness (a fresh seed from torch's default generator when
             both are None).
 
     Returns the float64 estimate ``[B]`` on the denoiser's device; its expectation is the
-    bound of each sequence (``"quadrature"``: up to the rule's error).
+    bound of each sequence (``"quadrature"``: up to the rule's error). The same seed gives the
+    same times (up to the map from ``u``) and noise draws for every ``t_min`` and
+    ``include_prior``.
     """
     setup = _setup(
-        objective, graph, schedule, vocab_size, mask_id, num_t, method, noise_draws, time_power
+        objective,
+        graph,
+        schedule,
+        vocab_size,
+        mask_id,
+        num_t,
+        method,
+        noise_draws,
+        time_power,
+        t_min,
+        include_prior,
     )
     x0 = _check_x0(x0, setup)
     key = _key(seed, generator)
@@ -376,6 +480,8 @@ def perplexity_bound(
     method: str = "antithetic",
     noise_draws: int = 1,
     time_power: float = 1.0,
+    t_min: float = 0.0,
+    include_prior: bool = True,
     repeats: int = 2,
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -388,9 +494,21 @@ def perplexity_bound(
     ``nats_per_token = sum of NELBO / tokens``; its standard error is
     ``sqrt(sum_b var_b) / tokens`` with ``var_b`` the sample variance of sequence ``b``'s
     repeats divided by ``repeats`` (sequences are randomized independently).
+    ``prior_nats_per_token`` is the prior's share of ``nats_per_token``: 0.0 with
+    ``include_prior=False`` (:func:`prior_nats_per_token` gives the dropped value).
     """
     setup = _setup(
-        objective, graph, schedule, vocab_size, mask_id, num_t, method, noise_draws, time_power
+        objective,
+        graph,
+        schedule,
+        vocab_size,
+        mask_id,
+        num_t,
+        method,
+        noise_draws,
+        time_power,
+        t_min,
+        include_prior,
     )
     _positive_int("repeats", repeats, 2)
     key = _key(seed, generator)
@@ -409,6 +527,13 @@ def perplexity_bound(
             var += float(runs.var(0).sum()) / repeats
             tokens += x0.numel()
             sequences += x0.shape[0]
+    prior = prior_nats_per_token(graph=graph, schedule=schedule, vocab_size=vocab_size)
+    return _bound(nats, var, prior if include_prior else 0.0, tokens, sequences)
+
+
+def _bound(nats: float, var: float, prior: float, tokens: int, sequences: int) -> LikelihoodBound:
+    """The :class:`LikelihoodBound` of summed NELBOs ``nats``, the summed variance ``var`` of
+    their estimates and the prior's share per token ``prior``."""
     if tokens == 0:
         raise ValueError("batches held no tokens")
     per_token = nats / tokens
@@ -417,9 +542,218 @@ def perplexity_bound(
         bits_per_token=per_token / math.log(2.0),
         perplexity=math.exp(per_token) if per_token < 709.0 else math.inf,
         stderr_nats_per_token=math.sqrt(var) / tokens,
-        prior_nats_per_token=prior_nats_per_token(
-            graph=graph, schedule=schedule, vocab_size=vocab_size
-        ),
+        prior_nats_per_token=prior,
         num_tokens=tokens,
         num_sequences=sequences,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# D3PM: the discrete-time bound
+# --------------------------------------------------------------------------------------------
+
+
+def _check_transitions(transitions: TransitionSchedule) -> TransitionSchedule:
+    if not isinstance(transitions, TransitionSchedule):
+        raise TypeError(
+            "transitions must be a fastdiff.transitions.TransitionSchedule, got "
+            f"{type(transitions).__name__}"
+        )
+    return transitions
+
+
+def _check_num_t(num_t: int | None, num_steps: int) -> int:
+    """The number of steps per estimate: ``T`` for ``None``, else an int in ``[1, T]``."""
+    if num_t is None:
+        return num_steps
+    if isinstance(num_t, bool) or not isinstance(num_t, int) or not 1 <= num_t <= num_steps:
+        raise ValueError(f"num_t must be None or an int in [1, T = {num_steps}], got {num_t!r}")
+    return num_t
+
+
+def d3pm_prior_nats(*, transitions: TransitionSchedule, prior: Tensor | None = None) -> Tensor:
+    """The D3PM prior term per clean token: ``KL(q(x_T | x0 = v) || pi)`` for every ``v``
+    (float64 ``[V]`` on the CPU; ``inf`` where ``pi`` has no mass on a state ``Qbar_T[v, :]``
+    reaches).
+
+    ``q(x_T | x0 = v) = Qbar_T[v, :]``. ``prior`` is ``pi``, probabilities ``[V]`` (>= 0,
+    summing to 1 within 1e-6); the default ``pi = mean_v Qbar_T[v, :]`` is the start
+    distribution of :func:`fastdiff.sample` with ``method="d3pm"`` (module docstring, "D3PM").
+    """
+    tables = _check_transitions(transitions)
+    q = tables.q_bar[-1].detach().to("cpu", torch.float64)
+    v = q.shape[-1]
+    if prior is None:
+        pi = q.mean(0)
+    else:
+        checks.floating("prior", prior)
+        if prior.shape != (v,):
+            raise ValueError(f"prior must have shape [V] = [{v}], got {tuple(prior.shape)}")
+        pi = prior.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(pi).all()) or bool((pi < 0).any()):
+            raise ValueError("prior must hold finite probabilities >= 0")
+        if abs(float(pi.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"prior must sum to 1, got {float(pi.sum())!r}")
+    kl = torch.special.xlogy(q, q).sum(-1) - torch.special.xlogy(q, pi).sum(-1)
+    return kl.clamp_min(0.0)  # >= 0 exactly; rounding leaves ~1e-17 where Qbar_T[v] = pi
+
+
+def _d3pm_prior_of(x0: Tensor, table: Tensor) -> Tensor:
+    """``sum_i KL(q(x_T | x0_i) || pi)`` per sequence, float64 ``[B]`` on ``x0``'s device;
+    raises if it is infinite for some token of ``x0`` (before the denoiser runs)."""
+    per_token = table.to(x0.device)[x0]
+    if bool(torch.isinf(per_token).any()):
+        bad = sorted(set(x0[torch.isinf(per_token)].tolist()))
+        raise ValueError(
+            f"prior gives no mass to a state q(x_T | x0) reaches for the token(s) {bad} of x0: "
+            "the prior KL, and the bound, would be infinite"
+        )
+    return per_token.sum(-1)
+
+
+def _d3pm_steps(num_t: int, num_steps: int, batch: int, gen: torch.Generator) -> Tensor | None:
+    """The stratified steps ``[B, K]`` (int64, CPU) of one estimate, or None for all ``T``:
+    ``t_k = floor((k + u_k) T / K) + 1``, ``u_k ~ U(0, 1)`` independent per sequence and k."""
+    if num_t == num_steps:
+        return None
+    u = _uniform_open((batch, num_t), gen)
+    s = torch.floor((torch.arange(num_t, dtype=torch.float64) + u) * (num_steps / num_t))
+    return s.long().clamp(0, num_steps - 1) + 1
+
+
+def _d3pm_estimate(
+    denoiser: Denoiser,
+    x0: Tensor,
+    tables: TransitionSchedule,
+    prior: Tensor,
+    num_t: int,
+    key: int,
+    offset: int,
+    gen: torch.Generator,
+) -> tuple[Tensor, int]:
+    """One estimate of the D3PM ``NELBO(x0)`` per sequence (float64 ``[B]``, ``prior`` the
+    prior term per sequence) and the next unused noise offset."""
+    batch = x0.shape[0]
+    num_steps, vocab = tables.num_steps, tables.vocab_size
+    steps = _d3pm_steps(num_t, num_steps, batch, gen)
+    total = torch.zeros(batch, dtype=torch.float64, device=x0.device)
+    for k in range(num_t):
+        if steps is None:  # every step once: one [V, V] matrix for the whole batch
+            t = k + 1
+            level = torch.full((batch,), float(t), dtype=torch.float32, device=x0.device)
+            first = t == 1
+        else:  # one step per sequence: [B, V, V] matrices
+            t = steps[:, k].to(x0.device)
+            level, first = t.float(), t == 1
+        x_t = add_noise_dense(x0, tables.cumulative(t), seed=key, offset=offset)
+        offset += 1
+        out = _model_output(denoiser, x_t, level, vocab)
+        loss = d3pm_hybrid_loss(
+            out,
+            x_t,
+            x0,
+            q_step=tables.step(t),
+            qbar_next=tables.qbar_prev(t),
+            t_is_one=first,
+            hybrid_lambda=0.0,
+            reduction="none",
+        )
+        total += loss.double().sum(-1)
+    return total * (num_steps / num_t) + prior, offset
+
+
+def d3pm_nelbo(
+    denoiser: Denoiser,
+    x0: Tensor,
+    *,
+    transitions: TransitionSchedule,
+    num_t: int | None = None,
+    prior: Tensor | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Estimate of the D3PM discrete-time negative ELBO of each sequence, in nats (module
+    docstring, "D3PM")::
+
+        NELBO(x0) = sum_{t=2..T} E_{q(x_t|x0)} KL(q(x_{t-1}|x_t,x0) || p_theta(x_{t-1}|x_t))
+                    + E_{q(x_1|x0)} [-log p_theta(x0|x_1)] + KL(q(x_T|x0) || pi)
+
+    each term summed over positions.
+
+    Args:
+        denoiser: ``(x_t [B, L] int64, t [B] fp32) -> [B, L, V]`` logits of ``x0``, ``t`` the
+            step ``1..T`` as a float (as :class:`fastdiff.nn.D3PMLoss` and
+            :func:`fastdiff.sample` with ``method="d3pm"`` call it).
+        x0: clean tokens ``[B, L]`` in ``[0, V)``.
+        transitions: the :class:`fastdiff.transitions.TransitionSchedule` (``T`` steps, ``V``).
+        num_t: None (default): every step's term, each with one draw of ``x_t`` per sequence
+            (``T`` denoiser calls); an int ``K`` in ``[1, T]``: ``K`` steps per sequence
+            stratified over ``1..T``, each term weighted ``T / K`` (unbiased; ``K = T`` is
+            None). Each sequence then has its own step: the matrices are ``[B, V, V]``
+            float64 per call, as in :class:`fastdiff.nn.D3PMLoss`.
+        prior: ``pi`` ``[V]`` (default ``mean_v Qbar_T[v, :]``; :func:`d3pm_prior_nats`).
+        seed / generator: the randomness (a fresh seed from torch's default generator when
+            both are None).
+
+    Returns the float64 estimate ``[B]`` on the denoiser's device; its expectation over the
+    draws is ``NELBO(x0) >= -log p_theta(x0)``.
+    """
+    tables = _check_transitions(transitions)
+    k = _check_num_t(num_t, tables.num_steps)
+    _check_tokens(x0, tables.vocab_size)
+    table = d3pm_prior_nats(transitions=tables, prior=prior)
+    key = _key(seed, generator)
+    with torch.inference_mode():
+        x0 = x0.long().to(_device(denoiser, x0))
+        prior_seq = _d3pm_prior_of(x0, table)
+        if tables.q_bar.device != x0.device:
+            tables = tables.to(x0.device)
+        gen = torch.Generator().manual_seed(key)
+        est, _ = _d3pm_estimate(denoiser, x0, tables, prior_seq, k, key, 0, gen)
+    return est
+
+
+def d3pm_perplexity_bound(
+    denoiser: Denoiser,
+    batches: Iterable[Tensor],
+    *,
+    transitions: TransitionSchedule,
+    num_t: int | None = None,
+    prior: Tensor | None = None,
+    repeats: int = 2,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> LikelihoodBound:
+    """The D3PM perplexity upper bound of a data set given as an iterable of token batches
+    ``[B, L]`` (lengths may differ between batches), streamed one batch at a time.
+
+    Each batch gets ``repeats`` (>= 2) independent estimates of :func:`d3pm_nelbo` (same
+    arguments), ``repeats * num_t`` denoiser calls per batch (``num_t=None``: ``T``). The
+    fields and the standard error are those of :func:`perplexity_bound`;
+    ``prior_nats_per_token`` is the exact ``sum KL(q(x_T | x0_i) || pi) / tokens`` (included).
+    """
+    tables = _check_transitions(transitions)
+    k = _check_num_t(num_t, tables.num_steps)
+    _positive_int("repeats", repeats, 2)
+    table = d3pm_prior_nats(transitions=tables, prior=prior)
+    key = _key(seed, generator)
+    gen = torch.Generator().manual_seed(key)
+    offset, nats, var, prior_nats, tokens, sequences = 0, 0.0, 0.0, 0.0, 0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            _check_tokens(batch, tables.vocab_size)
+            x0 = batch.long().to(_device(denoiser, batch))
+            prior_seq = _d3pm_prior_of(x0, table)
+            if tables.q_bar.device != x0.device:
+                tables = tables.to(x0.device)
+            runs = []
+            for _ in range(repeats):
+                est, offset = _d3pm_estimate(denoiser, x0, tables, prior_seq, k, key, offset, gen)
+                runs.append(est)
+            runs = torch.stack(runs)
+            nats += float(runs.mean(0).sum())
+            var += float(runs.var(0).sum()) / repeats
+            prior_nats += float(prior_seq.sum())
+            tokens += x0.numel()
+            sequences += x0.shape[0]
+    return _bound(nats, var, prior_nats / tokens if tokens else 0.0, tokens, sequences)

@@ -460,6 +460,10 @@ def test_bad_arguments_raise_before_the_denoiser_runs():
         (dict(objective="mdlm", graph="uniform", mask_id=None), ValueError, "absorb"),
         (dict(schedule="loglinear"), TypeError, "NoiseSchedule"),
         (dict(time_power=0.5), ValueError, "time_power"),
+        (dict(t_min=1.0), ValueError, "t_min"),
+        (dict(t_min=-1e-3), ValueError, "t_min"),
+        (dict(t_min=True), ValueError, "t_min"),
+        (dict(include_prior=1), TypeError, "include_prior"),
     ]
     for change, error, match in bad:
         with pytest.raises(error, match=match):
@@ -478,3 +482,63 @@ def test_bad_arguments_raise_before_the_denoiser_runs():
         likelihood.nelbo(never, x0 + 3, **kw)
     with pytest.raises(ValueError, match="outside"):
         likelihood.nelbo(never, x0 + 4, **kw)
+
+
+def test_include_prior_false_drops_exactly_the_prior_term():
+    """Same seed, same draws: ``include_prior=False`` is the default minus ``L`` times the
+    prior per token (1e-12), per sequence and in the perplexity bound, whose
+    ``prior_nats_per_token`` is then 0.0 (the share included)."""
+    toy = TOYS["absorb"]
+    kw = dict(objective="sedd", schedule=SCHEDULE, vocab_size=toy.vocab, mask_id=MASK, seed=6)
+    prior = likelihood.prior_nats_per_token(graph="absorb", schedule=SCHEDULE, vocab_size=4)
+    assert prior > 0.1
+    with_prior = likelihood.nelbo(toy.score, toy.seqs, **kw)
+    without = likelihood.nelbo(toy.score, toy.seqs, include_prior=False, **kw)
+    assert float((with_prior - without - L * prior).abs().max()) < 1e-12
+    a = likelihood.perplexity_bound(toy.score, [toy.seqs], **kw)
+    b = likelihood.perplexity_bound(toy.score, [toy.seqs], include_prior=False, **kw)
+    assert a.prior_nats_per_token == prior and b.prior_nats_per_token == 0.0
+    assert a.nats_per_token - b.nats_per_token == pytest.approx(prior, abs=1e-12)
+    assert a.stderr_nats_per_token == pytest.approx(b.stderr_nats_per_token, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "method, power", [("antithetic", 1.0), ("stratified", 2.0), ("quadrature", 3.0)]
+)
+def test_t_min_draws_no_time_below_it(method, power):
+    """With ``t_min = 1e-3`` the denoiser never sees ``sigma < sigma(1e-3)`` (float32), while
+    the default does, for every estimator and change of variable."""
+    toy = TOYS["absorb"]
+    seen = []
+
+    def recorder(x_t, sigma):
+        seen.append(sigma.clone())
+        return toy.score(x_t, sigma)
+
+    kw = dict(objective="sedd", schedule=SCHEDULE, vocab_size=toy.vocab, mask_id=MASK, seed=8)
+    x0 = toy.seqs.repeat(20, 1)
+    floor = SCHEDULE.sigma(torch.tensor(1e-3, dtype=torch.float64)).float()
+    likelihood.nelbo(recorder, x0, num_t=4, method=method, time_power=power, t_min=1e-3, **kw)
+    assert float(torch.cat(seen).min()) >= float(floor)
+    seen.clear()
+    likelihood.nelbo(recorder, x0, num_t=4, method=method, time_power=power, **kw)
+    assert float(torch.cat(seen).min()) < float(floor)  # quadrature: first node 0.069^3
+
+
+def test_t_min_integrates_over_the_rest_of_the_interval():
+    """``t_min = 0.5`` with 2 quadrature nodes (exact for the absorbing toy's quadratic
+    integrand, now on ``[0.5, 1]``): the mean of 128 independent estimates of every sequence
+    is within 5 standard errors of ``int_0.5^1`` of the enumerated expected integrand plus the
+    prior term, and well below the full bound (the dropped part is not small here)."""
+    toy = TOYS["absorb"]
+    reps = 128
+    est = _replicated_nelbo(
+        "absorb", reps, num_t=2, method="quadrature", noise_draws=2, t_min=0.5, seed=10
+    )
+    nodes, weights = likelihood.gauss_legendre(2)
+    integral = (0.5 * weights[:, None] * toy.expected_integrand(0.5 + 0.5 * nodes)).sum(0)
+    prior = L * likelihood.prior_nats_per_token(graph="absorb", schedule=SCHEDULE, vocab_size=4)
+    want = integral + prior
+    mean, se = est.mean(0), est.std(0) / math.sqrt(reps)
+    assert bool(((mean - want).abs() <= 5 * se).all()), ((mean - want) / se).tolist()
+    assert bool((toy.exact_nelbo(SCHEDULE) - want > 0.2).all())
