@@ -135,11 +135,15 @@ from fastdiff.schedules import NoiseSchedule
 from fastdiff.transitions import TransitionSchedule
 
 __all__ = [
+    "GaussianNELBOTerms",
     "LikelihoodBound",
     "d3pm_nelbo",
     "d3pm_perplexity_bound",
     "d3pm_prior_nats",
     "gauss_legendre",
+    "gaussian_nelbo",
+    "gaussian_nelbo_terms",
+    "gaussian_perplexity_bound",
     "nelbo",
     "perplexity_bound",
     "prior_nats_per_token",
@@ -757,3 +761,13 @@ def d3pm_perplexity_bound(
             tokens += x0.numel()
             sequences += x0.shape[0]
     return _bound(nats, var, prior_nats / tokens if tokens else 0.0, tokens, sequences)
+
+
+# the Gaussian (embedding-space) bound lives in its own module, which reads this one's names
+# at call time; re-exported here so every bound is under fastdiff.likelihood
+from fastdiff.likelihood_gaussian import (  # noqa: E402
+    GaussianNELBOTerms,
+    gaussian_nelbo,
+    gaussian_nelbo_terms,
+    gaussian_perplexity_bound,
+)
