@@ -1,6 +1,6 @@
-"""The ``fastdiff`` console script: ``fastdiff bench ...`` and ``fastdiff demo ...`` (each
-subcommand adds its parser in :func:`build_parser`, and reports its errors under its own name:
-:func:`fastdiff.cli_support.execute`)."""
+"""The ``fastdiff`` console script: ``fastdiff bench ...``, ``fastdiff demo ...`` and
+``fastdiff table ...`` (each subcommand adds its parser in :func:`build_parser`, and reports its
+errors under its own name: :func:`fastdiff.cli_support.execute`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import argparse
 from fastdiff.bench import command
 from fastdiff.cli_support import execute
 from fastdiff.demo import command as demo
+from fastdiff.table import command as table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=demo.run, command_parser=demo_parser)
+    table.register(sub)
     return parser
 
 
