@@ -174,7 +174,11 @@ def test_objective_losses_are_differentiable_and_finite():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         assert float(model.head.weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="unknown objective"):
+        objectives.get("ar")
+    with pytest.raises(ValueError, match="needs the run's sizes"):
         objectives.get("gaussian")
+    with pytest.raises(ValueError, match="--graph is an option of --objective sedd"):
+        objectives.get("d3pm", "absorb")
     with pytest.raises(ValueError, match="absorbing"):
         objectives.get("mdlm", "uniform")
     with pytest.raises(ValueError, match="unknown graph"):
@@ -310,6 +314,69 @@ def test_cli_subcommand_and_objectives(tmp_path):
         assert summary["settings"]["graph"] == graph
         assert summary["settings"]["sampler"] == "sedd_analytic"
         assert all(math.isfinite(v) for _, v in summary["history"])
+
+
+@pytest.mark.parametrize("name", objectives.DISCRETE_TIME)
+def test_discrete_time_objectives_train_score_and_infill(tmp_path, capsys, name):
+    """``--objective d3pm`` / ``gaussian`` through the command: 40 steps of a tiny model with
+    ``T = 16``. The summary names the bound; the trained bound is finite and below the
+    untrained one (gaussian: about 50 -> 27 bits / byte; d3pm: 16 -> 10, standard error about
+    1.5, so a margin of several errors); infilling keeps the prefix and suffix; a resume
+    asking for another objective, or another ``T``, is refused with one line."""
+    out = tmp_path / name
+    extra = ["--objective", name, "--timesteps", "16", "--steps", "40", "--lr", "3e-3"]
+    summary = _demo(out, *TINY, *QUICK, *extra)
+    assert set(report.SUMMARY_KEYS) <= set(summary)
+    settings = summary["settings"]
+    assert settings["objective"] == name and settings["graph"] is None
+    assert settings["timesteps"] == 16
+    assert settings["sampler"] == {"d3pm": "d3pm", "gaussian": "ddpm"}[name]
+    held = summary["heldout"]
+    assert "discrete-time" in held["bound_method"]
+    assert ("stratified" if name == "d3pm" else "all T = 16") in held["bound_method"]
+    assert held["trained"] < held["untrained"]
+    untrained, trained = held["bound"]["untrained"], held["bound"]["trained"]
+    assert all(math.isfinite(b["nats_per_token"]) for b in (untrained, trained))
+    assert trained["nats_per_token"] < untrained["nats_per_token"]
+    assert all(math.isfinite(v) for _, v in summary["history"]) and len(summary["history"]) == 40
+    heldout = corpus.load(None, 32, 400_000).heldout
+    windows = corpus.fixed_windows(heldout[16:], 2, 32)
+    assert len(summary["samples"]["unconditional"]) == 2
+    for item, row in zip(summary["samples"]["infill"], windows):
+        assert item["prefix"] == corpus.decode(row[:8])
+        assert item["suffix"] == corpus.decode(row[24:])
+        assert item["original_middle"] == corpus.decode(row[8:24])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["objective"] == name and ckpt["objective_settings"]["timesteps"] == 16
+    capsys.readouterr()
+    other = "gaussian" if name == "d3pm" else "d3pm"
+    resume = ["--resume", str(out / "checkpoint.pt"), "--out", str(tmp_path / "again")]
+    for wrong, message in [
+        (["--objective", other], f"a checkpoint of the '{name}' objective, not '{other}'"),
+        (["--objective", "sedd", "--graph", "uniform"], "not 'sedd/uniform'"),
+        (["--objective", name, "--timesteps", "8"], "trained with --timesteps 16, not 8"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            command.main([*resume, *TINY, *QUICK, *wrong])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err
+    # continuing with the same objective keeps T (not given again) and the run's history
+    more = _demo(tmp_path / "more", *QUICK, "--objective", name, "--steps", "42", *resume[:2])
+    assert more["settings"]["timesteps"] == 16 and more["history"][:40] == summary["history"]
+
+
+def test_graph_and_timesteps_belong_to_their_objectives(tmp_path, capsys):
+    for argv, message in [
+        (["--objective", "gaussian", "--graph", "absorb"], "--graph is an option of"),
+        (["--objective", "mdlm", "--timesteps", "8"], "--timesteps is an option of"),
+        (["--objective", "d3pm", "--timesteps", "0"], "--timesteps must be >= 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            command.main(["--out", str(tmp_path / "x"), *TINY, *QUICK, *argv])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err
 
 
 # --------------------------------------------------------------------------------------------

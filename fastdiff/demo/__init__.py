@@ -3,7 +3,8 @@ source with fastdiff's ops, then sample from it (unconditionally and by infillin
 
 Modules: :mod:`~fastdiff.demo.corpus` (byte-level corpus and fixed split),
 :mod:`~fastdiff.demo.model` (the transformer denoiser), :mod:`~fastdiff.demo.objectives`
-(masked diffusion and SEDD score entropy through :mod:`fastdiff.nn`, held-out evaluation),
+(masked diffusion, SEDD score entropy, D3PM and Gaussian embedding diffusion through
+:mod:`fastdiff.nn` and :mod:`fastdiff.table.systems`, held-out evaluation and bounds),
 :mod:`~fastdiff.demo.train` (training loop, checkpoints, DDP), :mod:`~fastdiff.demo.sampling`,
 :mod:`~fastdiff.demo.report` (JSON, PNG, printing) and :mod:`~fastdiff.demo.command` (the
 command line).

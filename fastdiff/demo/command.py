@@ -6,6 +6,8 @@ Examples:
     fastdiff demo                                # masked diffusion (MDLM), < 5 min on a 2-core CPU
     fastdiff demo --objective sedd               # SEDD score entropy, absorbing graph
     fastdiff demo --objective sedd --graph uniform --steps 2000   # SEDD, uniform graph
+    fastdiff demo --objective d3pm               # D3PM absorbing, T = 128 discrete steps
+    fastdiff demo --objective gaussian --timesteps 100   # Diffusion-LM, Gaussian embeddings
     fastdiff demo --corpus notes.txt more_text/  # your own text (files or directories)
     fastdiff demo --resume demo_out/checkpoint.pt --steps 2000   # continue a run
     torchrun --nproc_per_node 2 -m fastdiff.demo # DistributedDataParallel (gloo / nccl)
@@ -13,6 +15,10 @@ Examples:
 Writes summary.json, loss.png and checkpoint.pt (also every --checkpoint-every steps) under
 --out, each whole or not at all. An --out that holds an earlier run's outputs is refused unless
 --overwrite is given or --resume names its checkpoint, and one run at a time may use an --out.
+summary.json holds the held-out value of the training loss and an upper bound on the held-out
+negative log-likelihood (bits per byte, perplexity) of the untrained and the trained model:
+mdlm and sedd the continuous-time ELBO, d3pm the discrete-time one at 8 stratified of its T
+steps, gaussian the discrete-time one summed over all T steps.
 The learning-rate schedule follows --steps, and every step's data and noise depend only
 on (--seed, step, rank): resuming with the same --steps repeats the uninterrupted run exactly,
 a larger --steps extends it. Ctrl-C during training saves the checkpoint at the end of the step
@@ -54,6 +60,7 @@ from fastdiff.cli_support import (
 )
 from fastdiff.demo import corpus, objectives, report, train
 from fastdiff.demo.model import ModelConfig
+from fastdiff.table.systems import Sizes
 
 try:
     import fcntl
@@ -107,13 +114,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--objective",
         choices=objectives.OBJECTIVES,
         default="mdlm",
-        help="mdlm: masked-diffusion cross entropy; sedd: SEDD score entropy (default: mdlm)",
+        help="mdlm: masked-diffusion cross entropy; sedd: SEDD score entropy; d3pm: D3PM "
+        "absorbing, discrete time; gaussian: Diffusion-LM, Gaussian diffusion of learned byte "
+        "embeddings (default: mdlm)",
     )
     parser.add_argument(
         "--graph",
         choices=objectives.GRAPHS,
-        default="absorb",
         help="the noising graph of sedd (mdlm is absorbing; default: absorb)",
+    )
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        metavar="T",
+        help="discrete diffusion steps of d3pm and gaussian (default: "
+        + ", ".join(f"{k} {v}" for k, v in objectives.TIMESTEPS.items())
+        + ", or the resumed run's)",
     )
     sized("--steps", int, "training steps")
     sized("--batch-size", int, "sequences per step and process")
@@ -323,25 +339,86 @@ def _resume_command(args: argparse.Namespace, path: Path) -> str:
     return shlex.join([*words, "--resume", str(path)])
 
 
+def _check_objective(args: argparse.Namespace, graph: str | None, ckpt: dict) -> None:
+    """A one-line ``ValueError`` when the resumed checkpoint was trained with another objective
+    or graph than ``--objective`` / ``--graph`` ask for."""
+    saved = (ckpt["objective"], ckpt.get("graph"))
+    if saved != (args.objective, graph):
+        flags = f"--objective {saved[0]}" + (f" --graph {saved[1]}" if saved[0] == "sedd" else "")
+        raise ValueError(
+            f"--resume {args.resume}: a checkpoint of the "
+            f"{objectives.label_of(*saved)!r} objective, not "
+            f"{objectives.label_of(args.objective, graph)!r} (pass {flags})"
+        )
+
+
+def _timesteps(args: argparse.Namespace, ckpt: dict | None) -> int | None:
+    """``T`` of a discrete-time objective: ``--timesteps``, else the resumed checkpoint's, else
+    the default; ``None`` for the others. A one-line ``ValueError`` for ``--timesteps`` with
+    another objective, below 1, or unlike the resumed checkpoint's."""
+    given = args.timesteps
+    if args.objective not in objectives.DISCRETE_TIME:
+        if given is not None:
+            raise ValueError(
+                f"--timesteps is an option of --objective d3pm / gaussian, not of {args.objective}"
+            )
+        return None
+    if given is not None and given < 1:
+        raise ValueError(f"--timesteps must be >= 1, got {given}")
+    saved = None if ckpt is None else ckpt.get("objective_settings", {}).get("timesteps")
+    if given is not None and saved is not None and given != saved:
+        raise ValueError(
+            f"--resume {args.resume}: the checkpoint's model was trained with --timesteps "
+            f"{saved}, not {given} (leave --timesteps out to continue it)"
+        )
+    return given or saved or objectives.TIMESTEPS[args.objective]
+
+
+def _objective(
+    args: argparse.Namespace, graph: str | None, s: dict, ckpt: dict | None
+) -> objectives.AnyObjective:
+    """The run's objective, built for its sizes ``s``; a one-line ``ValueError`` when it
+    differs from the resumed checkpoint's (``objective_settings``)."""
+    steps = _timesteps(args, ckpt)
+    sizes = None
+    if steps is not None:
+        sizes = Sizes(
+            seq_len=s["seq_len"],
+            dim=s["dim"],
+            depth=s["depth"],
+            heads=s["heads"],
+            d3pm_steps=steps,
+            gaussian_steps=steps,
+            gaussian_width=objectives.EMBEDDING_WIDTH,
+            num_t=objectives.BOUND_NUM_T,
+            sample_steps=s["sample_steps"],
+        )
+    objective = objectives.get(args.objective, graph, sizes)
+    saved = None if ckpt is None else ckpt.get("objective_settings", {})
+    if saved is not None and saved != objective.settings:
+        raise ValueError(
+            f"--resume {args.resume}: the checkpoint's {objective.label} objective has the "
+            f"settings {saved}, this version's {objective.settings}"
+        )
+    return objective
+
+
 def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
-    objective = objectives.get(args.objective, args.graph)
+    graph = objectives.resolve_graph(args.objective, args.graph)
     ckpt = None
     if args.resume is not None:
         ckpt = train.load_checkpoint(args.resume, rank.device)
-        saved = (ckpt["objective"], ckpt.get("graph"))
-        if saved != (objective.name, objective.graph):
-            raise ValueError(
-                f"--resume {args.resume}: checkpoint of the {saved[0]!r} objective on the "
-                f"{saved[1]!r} graph, not {objective.label!r} (pass --objective {saved[0]} "
-                f"--graph {saved[1]})"
-            )
+        _check_objective(args, graph, ckpt)
         _check_model_sizes(args, ckpt)
     s = _settings(args, rank.device, None if ckpt is None else _saved_settings(ckpt))
+    if ckpt is not None:
+        saved_cfg = ckpt["model_config"]
+        s.update(seq_len=saved_cfg["max_len"], dim=saved_cfg["dim"])
+        s.update(depth=saved_cfg["depth"], heads=saved_cfg["heads"])
+    objective = _objective(args, graph, s, ckpt)
     model_cfg = ModelConfig(objective.vocab_size, s["seq_len"], s["dim"], s["depth"], s["heads"])
     if ckpt is not None:
         model_cfg = ModelConfig(**ckpt["model_config"])
-        s.update(seq_len=model_cfg.max_len, dim=model_cfg.dim)
-        s.update(depth=model_cfg.depth, heads=model_cfg.heads)
     cfg = train.TrainConfig(
         steps=s["steps"],
         batch_size=s["batch_size"],
@@ -354,7 +431,7 @@ def _demo(args: argparse.Namespace, rank: train.Dist, start: float) -> int:
     data = corpus.load(args.corpus, cfg.seq_len, s["corpus_bytes"])
     stream = corpus.shard(data.train, rank.rank, rank.world)
     eval_set = corpus.fixed_windows(data.heldout, s["eval_windows"], cfg.seq_len)
-    state = train.build(model_cfg, cfg, rank.device)
+    state = train.build(model_cfg, cfg, rank.device, objective)
     ops = "Triton kernels" if rank.device.type == "cuda" else "PyTorch reference ops"
     _say(
         rank,
@@ -442,7 +519,7 @@ def _finish(
     args: argparse.Namespace,
     s: dict,
     state: train.State,
-    objective: objectives.Objective,
+    objective: objectives.AnyObjective,
     data: corpus.Corpus,
     eval_set: torch.Tensor,
     untrained: float,
@@ -463,10 +540,11 @@ def _finish(
         f"held-out loss (nats / token): untrained {untrained:.3f}, trained {trained:.3f} "
         f"({trained / untrained:.0%} of untrained)"
     )
-    fresh = train.initial_model(model.config, args.seed, next(model.parameters()).device).eval()
+    device = next(model.parameters()).device
+    fresh = train.initial_model(model.config, args.seed, device, objective).eval()
     bound = {
-        "untrained": objectives.likelihood_bound(fresh, objective, eval_set, seed=args.seed),
-        "trained": objectives.likelihood_bound(model, objective, eval_set, seed=args.seed),
+        "untrained": objective.bound(fresh, eval_set, seed=args.seed),
+        "trained": objective.bound(model, eval_set, seed=args.seed),
     }
     for key, b in bound.items():
         print(
@@ -493,6 +571,7 @@ def _finish(
             "objective": objective.name,
             "graph": objective.graph,
             "sampler": objective.sampler,
+            **objective.settings,
             "parameters": model.num_parameters(),
             "device": str(next(model.parameters()).device),
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
@@ -509,6 +588,7 @@ def _finish(
             "trained": trained,
             "unit": "nats / token",
             "bound": bound,
+            "bound_method": objective.bound_method,
         },
         "samples": {k: samples[k] for k in ("unconditional", "infill")},
         "timings": {

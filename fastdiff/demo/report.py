@@ -3,13 +3,16 @@
 JSON summary (``summary.json``), top-level keys (:data:`SUMMARY_KEYS`):
 
 - ``settings``: the command line's settings (objective, model and training sizes, seed,
-  device, world size, sampler and its steps) and the model's parameter count,
+  device, world size, sampler and its steps; d3pm and gaussian: ``timesteps`` ``T`` and the
+  objective's fixed choices) and the model's parameter count,
 - ``corpus``: source, file count, train / held-out bytes,
 - ``final_train_loss``: mean training loss (nats / token) over the last 10% of the steps,
 - ``heldout``: ``{"untrained": x, "trained": y}``, the held-out negative-ELBO estimate in
   nats / token of the model before and after training (same windows, times and noise),
-  and ``bound`` (``{"untrained": ..., "trained": ...}`` from
-  :func:`fastdiff.likelihood.perplexity_bound`),
+  ``bound`` (``{"untrained": ..., "trained": ...}``, each the ``to_dict()`` of a
+  :class:`fastdiff.likelihood.LikelihoodBound`: an upper bound on the held-out NLL) and
+  ``bound_method`` (which bound, in words: continuous-time for mdlm / sedd, discrete-time at
+  stratified steps for d3pm, over all ``T`` steps for gaussian),
 - ``samples``: ``{"unconditional": [text, ...], "infill": [{"prefix", "middle", "suffix",
   "original_middle"}, ...]}``,
 - ``timings``: seconds of this run's ``training``, ``evaluation``, ``sampling`` and ``total``
@@ -73,7 +76,7 @@ def plot(summary: dict, path: Path) -> Path:
     ax.axhline(held["untrained"], color="tab:red", ls="--", label="held-out, untrained")
     ax.axhline(held["trained"], color="tab:green", ls="--", label="held-out, trained")
     s = summary["settings"]
-    name = s["objective"] if s["objective"] == "mdlm" else f"{s['objective']}/{s['graph']}"
+    name = s["objective"] if s["objective"] != "sedd" else f"{s['objective']}/{s['graph']}"
     ax.set_title(f"fastdiff demo: {name} objective, {s['parameters']:,} parameters")
     ax.set_xlabel("step")
     ax.set_ylabel("negative ELBO estimate (nats / token)")

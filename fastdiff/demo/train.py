@@ -30,10 +30,10 @@ from torch import nn
 from fastdiff.cli_support import one_line, parse_device, replacing
 from fastdiff.demo import corpus
 from fastdiff.demo.model import Denoiser, ModelConfig
-from fastdiff.demo.objectives import Objective
-from fastdiff.schedules import sample_times
+from fastdiff.demo.objectives import AnyObjective
 
-# what load_checkpoint requires of a checkpoint ("graph" and "settings" are newer, optional)
+# what load_checkpoint requires of a checkpoint ("graph", "settings" and "objective_settings"
+# are newer, optional)
 CHECKPOINT_KEYS = frozenset(
     {
         "model",
@@ -138,15 +138,27 @@ class State:
     seconds: float = 0.0
 
 
-def initial_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> Denoiser:
-    """The untrained model of a run: the same weights for the same seed (on every rank)."""
+def initial_model(
+    model_cfg: ModelConfig,
+    seed: int,
+    device: torch.device,
+    objective: AnyObjective | None = None,
+) -> Denoiser:
+    """The untrained model of a run: the same weights for the same seed (on every rank); the
+    objective's model (``objective.build``), or a :class:`Denoiser` when ``None``."""
     torch.manual_seed(seed)
-    return Denoiser(model_cfg).to(device)
+    model = Denoiser(model_cfg) if objective is None else objective.build(model_cfg)
+    return model.to(device)
 
 
-def build(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> State:
+def build(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    device: torch.device,
+    objective: AnyObjective | None = None,
+) -> State:
     """A freshly initialized model (:func:`initial_model`) and its optimizer."""
-    model = initial_model(model_cfg, cfg.seed, device)
+    model = initial_model(model_cfg, cfg.seed, device, objective)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -167,12 +179,13 @@ def save_checkpoint(
     state: State,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
-    objective: Objective,
+    objective: AnyObjective,
     settings: dict | None = None,
 ) -> None:
     """Write the checkpoint atomically (a temporary file of this call renamed over ``path``);
     ``settings`` (the run's command-line settings) are what ``--resume`` continues with; the
-    objective is recorded by name and graph. Raises :class:`Diverged`, writing nothing, when a
+    objective is recorded by name, graph and settings (``T`` and the fixed choices of the
+    discrete-time objectives). Raises :class:`Diverged`, writing nothing, when a
     weight is not finite."""
     if not weights_finite(state.model):
         raise Diverged(state.step, "non-finite weights")
@@ -188,6 +201,7 @@ def save_checkpoint(
                 "train_config": dataclasses.asdict(cfg),
                 "objective": objective.name,
                 "graph": objective.graph,
+                "objective_settings": objective.settings,
                 "settings": dict(settings or {}),
             },
             tmp,
@@ -233,7 +247,7 @@ def restore(state: State, ckpt: dict) -> None:
 
 def train(
     state: State,
-    objective: Objective,
+    objective: AnyObjective,
     stream: torch.Tensor,
     cfg: TrainConfig,
     rank: Dist,
@@ -245,9 +259,10 @@ def train(
     """Train from ``state.step`` to ``cfg.steps`` on this rank's ``stream`` (uint8 tokens);
     returns False when ``stop()`` ended it (even after the last step), else True.
 
-    Each step draws ``batch_size`` random windows and one noise seed from
-    :func:`step_seed`, takes one optimizer step and appends ``(step, loss)`` (the loss averaged
-    over ranks) to ``state.history``. ``checkpoint(state)`` is called every
+    Each step draws ``batch_size`` random windows, then the objective's times (or discrete
+    steps), from a generator seeded by :func:`step_seed`, and one noise seed from
+    :func:`step_seed`, takes one optimizer step and appends ``(step, loss)`` (the loss
+    averaged over ranks) to ``state.history``. ``checkpoint(state)`` is called every
     ``checkpoint_every`` steps (on every rank: the callee decides who writes). ``stop()`` is
     asked after every step (when any rank says so, every rank stops there). A non-finite loss,
     or a loss the value checks reject while a weight is not finite, raises :class:`Diverged`.
@@ -276,12 +291,11 @@ def train(
             start = time.perf_counter()
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, state.step, rank.rank, "data"))
             x0 = corpus.random_windows(stream, cfg.batch_size, cfg.seq_len, gen).to(rank.device)
-            t = sample_times(cfg.batch_size, antithetic=True, generator=gen).to(rank.device)
             noise_seed = step_seed(cfg.seed, state.step, rank.rank, "noise")
             for group in state.optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, state.step)
             try:
-                loss = objective.loss(model, x0, t, noise_seed)
+                loss = objective.step_loss(model, x0, gen, noise_seed)
             except ValueError:
                 if weights_finite(state.model):
                     raise

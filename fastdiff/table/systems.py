@@ -60,7 +60,7 @@ import fastdiff.nn as fnn
 from fastdiff.demo import objectives
 from fastdiff.demo.corpus import MASK_ID, VOCAB_SIZE
 from fastdiff.demo.model import Denoiser, ModelConfig
-from fastdiff.likelihood import perplexity_bound
+from fastdiff.likelihood import LikelihoodBound, perplexity_bound
 from fastdiff.schedules import GaussianSchedule
 from fastdiff.table.models import CausalLM, EmbeddingDenoiser, ar_nll
 from fastdiff.transitions import TransitionSchedule
@@ -237,15 +237,17 @@ class D3PM(System):
             x0,
             generator=generator,
             seed=seed,
-            projection=model.head,
+            projection=objectives.head_of(model),
             model_kwargs={"hidden_only": True},
         )
 
-    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
+    def bound(self, model: nn.Module, batches: list[Tensor], seed: int) -> LikelihoodBound:
+        """:func:`fastdiff.likelihood.d3pm_perplexity_bound` of ``batches`` (each ``[B, L]``):
+        ``num_t`` stratified steps of the ``T``-term discrete-time sum, two repeats."""
         from fastdiff.likelihood import d3pm_perplexity_bound
 
         device = next(model.parameters()).device
-        bound = d3pm_perplexity_bound(
+        return d3pm_perplexity_bound(
             model,
             batches,
             transitions=self.transitions.to(device),
@@ -253,11 +255,26 @@ class D3PM(System):
             repeats=2,
             seed=seed,
         )
+
+    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
+        bound = self.bound(model, batches, seed)
         return bound.nats_per_token, bound.stderr_nats_per_token
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, n: int, seed: int) -> Tensor:
+    def sample(
+        self,
+        model: nn.Module,
+        n: int,
+        seed: int,
+        *,
+        given: Tensor | None = None,
+        fixed: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Unconditional, or with ``given [n, L]`` (bytes) and ``fixed [n, L]`` (bool) the
+        ``fixed`` positions kept and the rest generated from the mask token."""
         device = next(model.parameters()).device
+        init = None if given is None else torch.where(fixed, given, MASK_ID)
         return fastdiff.sample(
             model,
             (n, self.sizes.seq_len),
@@ -266,7 +283,10 @@ class D3PM(System):
             vocab_size=VOCAB_SIZE,
             mask_id=MASK_ID,
             schedule=self.transitions.to(device),
+            init=init,
+            fixed=fixed,
             seed=seed,
+            progress=progress,
             device=device,
         )
 
@@ -281,18 +301,24 @@ class Gaussian(System):
     def build(self) -> EmbeddingDenoiser:
         return EmbeddingDenoiser(self.config(BYTES), self.sizes.gaussian_width)
 
-    def _loss_fn(self, model: EmbeddingDenoiser) -> fnn.GaussianEmbeddingLoss:
+    def _loss_fn(self, model: nn.Module) -> fnn.GaussianEmbeddingLoss:
+        """The loss on the embedding of ``model`` (an :class:`EmbeddingDenoiser`, DDP-wrapped
+        or not: the wrapper is what the loss calls)."""
+        embedding = getattr(model, "module", model).embedding
         return fnn.GaussianEmbeddingLoss(
-            embedding=model.embedding, schedule=self.schedule, prediction_type="sample"
+            embedding=embedding, schedule=self.schedule, prediction_type="sample"
         )
 
     def loss(self, model: nn.Module, x0: Tensor, generator: torch.Generator, seed: int) -> Tensor:
         return self._loss_fn(model)(model, x0, generator=generator, seed=seed)
 
-    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
+    def bound(self, model: nn.Module, batches: list[Tensor], seed: int) -> LikelihoodBound:
+        """:func:`fastdiff.likelihood_gaussian.gaussian_perplexity_bound` of ``batches`` (each
+        ``[B, L]``): all ``T`` steps of the discrete-time sum, decoder and prior terms
+        included, two repeats."""
         from fastdiff.likelihood_gaussian import gaussian_perplexity_bound
 
-        bound = gaussian_perplexity_bound(
+        return gaussian_perplexity_bound(
             model,
             batches,
             embedding=model.embedding,
@@ -302,11 +328,29 @@ class Gaussian(System):
             repeats=2,
             seed=seed,
         )
+
+    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
+        bound = self.bound(model, batches, seed)
         return bound.nats_per_token, bound.stderr_nats_per_token
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, n: int, seed: int) -> Tensor:
+    def sample(
+        self,
+        model: nn.Module,
+        n: int,
+        seed: int,
+        *,
+        given: Tensor | None = None,
+        fixed: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Unconditional bytes ``[n, L]``: DDPM on ``[n, L, H]``, each vector rounded to the
+        byte ``argmax_v E_v . x`` of the tied decoder. With ``given [n, L]`` (bytes) and
+        ``fixed [n, L]`` (bool): the embeddings ``E[given]`` are kept clean at the ``fixed``
+        positions throughout, the others generated, and the ``fixed`` bytes returned as
+        given."""
         device = next(model.parameters()).device
+        init = None if given is None else model.embedding(given).detach()
         state = fastdiff.sample(
             model,
             (n, self.sizes.seq_len, self.sizes.gaussian_width),
@@ -315,10 +359,14 @@ class Gaussian(System):
             schedule=self.schedule,
             prediction_type="sample",
             variance_type="fixed_small",
+            init=init,
+            fixed=fixed,
             seed=seed,
+            progress=progress,
             device=device,
         )
-        return F.linear(state.float(), model.embedding.weight).argmax(-1)
+        tokens = F.linear(state.float(), model.embedding.weight).argmax(-1)
+        return tokens if given is None else torch.where(fixed, given, tokens)
 
 
 SYSTEMS: dict[str, Callable[[Sizes], System]] = {
