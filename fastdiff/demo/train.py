@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,7 +217,11 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
         what = "a directory, not a checkpoint file" if path.is_dir() else "no such checkpoint"
         raise ValueError(f"--resume {path}: {what}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        # torch >= 2.14 warns about the pickle protocol of a foreign file before it fails: the
+        # one-line error below says what matters
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # whatever a truncated or foreign file makes the unpickler raise
         reason = one_line(err).split(". ")[0][:160]  # the first sentence: torch's run long
         what = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
