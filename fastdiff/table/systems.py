@@ -112,10 +112,16 @@ class System:
         times from ``generator`` and its noise with ``seed``."""
         raise NotImplementedError
 
+    def bound(self, model: nn.Module, batches: list[Tensor], seed: int) -> LikelihoodBound:
+        """The upper bound on the NLL of the held-out windows ``batches`` (the diffusion
+        rows)."""
+        raise NotImplementedError
+
     def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
         """``(nats per byte, its standard error)`` of the held-out windows ``batches``: the
-        exact NLL (AR) or an upper bound (the others)."""
-        raise NotImplementedError
+        exact NLL (AR overrides this) or the :meth:`bound` (the others)."""
+        bound = self.bound(model, batches, seed)
+        return bound.nats_per_token, bound.stderr_nats_per_token
 
     def sample(self, model: nn.Module, n: int, seed: int) -> Tensor:
         """``n`` unconditional windows ``[n, L]`` (int64; bytes, or the mask token where a
@@ -171,8 +177,8 @@ class _Continuous(System):
             model_kwargs={"hidden_only": True},
         )
 
-    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
-        bound = perplexity_bound(
+    def bound(self, model: nn.Module, batches: list[Tensor], seed: int) -> LikelihoodBound:
+        return perplexity_bound(
             self.obj.denoiser(model),
             batches,
             objective=self.obj.name,
@@ -184,7 +190,6 @@ class _Continuous(System):
             repeats=2,
             seed=seed,
         )
-        return bound.nats_per_token, bound.stderr_nats_per_token
 
     @torch.no_grad()
     def sample(self, model: nn.Module, n: int, seed: int) -> Tensor:
@@ -256,10 +261,6 @@ class D3PM(System):
             seed=seed,
         )
 
-    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
-        bound = self.bound(model, batches, seed)
-        return bound.nats_per_token, bound.stderr_nats_per_token
-
     @torch.no_grad()
     def sample(
         self,
@@ -328,10 +329,6 @@ class Gaussian(System):
             repeats=2,
             seed=seed,
         )
-
-    def nll(self, model: nn.Module, batches: list[Tensor], seed: int) -> tuple[float, float]:
-        bound = self.bound(model, batches, seed)
-        return bound.nats_per_token, bound.stderr_nats_per_token
 
     @torch.no_grad()
     def sample(
