@@ -1,8 +1,8 @@
 """Build script.
 
-All metadata lives in ``pyproject.toml``. This file adds the C++ step-loop extension
-``fastdiff._C`` (``csrc/``, built with ``torch.utils.cpp_extension``: pybind11, ninja when
-installed). It needs the torch the package will run with, so install without build isolation::
+All metadata lives in ``pyproject.toml``. This file adds the C++ extension ``fastdiff._C``
+(``csrc/``: the sampler step loop and the native CPU kernels of ``csrc/native``, built with
+``torch.utils.cpp_extension``: pybind11, ninja when installed). It needs the torch the package will run with, so install without build isolation::
 
     pip install torch          # first: the build compiles against it
     pip install --no-build-isolation -e ".[test]"
@@ -15,13 +15,14 @@ which makes it an error.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
 
 from setuptools import setup
 
-SOURCES = ["csrc/step_loop.cpp"]
+SOURCES = ["csrc/step_loop.cpp", *sorted(glob.glob("csrc/native/*.cpp"))]
 REQUIRED = os.environ.get("FASTDIFF_REQUIRE_EXTENSION") == "1"
 
 

@@ -1,9 +1,11 @@
-"""Loader of the C++ extension ``fastdiff._C`` (the step loop, built by ``setup.py``).
+"""Loader of the C++ extension ``fastdiff._C`` (built by ``setup.py``): the step loop and the
+native CPU kernels (``torch.ops.fastdiff_native``, see :mod:`fastdiff.native`).
 
 ``load()`` imports it once and remembers why it is missing when it is (not built: torch or a
 compiler was missing at install time, or the package was installed with build isolation; or
-built against another torch). ``fastdiff`` works without it: ``run_loop(engine="auto")`` then
-runs the Python step loop and warns once with :func:`missing_reason`.
+built against another torch). ``fastdiff`` works without it: CPU ops then run the PyTorch
+reference and ``run_loop(engine="auto")`` the Python step loop, with one warning per process
+(:func:`warn_missing_once`).
 """
 
 from __future__ import annotations
@@ -42,13 +44,16 @@ def missing_reason() -> str | None:
 
 
 def warn_missing_once() -> None:
-    """Warn (once per process) that the Python step loop replaces the missing extension."""
+    """Warn (once per process) that the PyTorch reference and the Python step loop replace the
+    missing extension."""
     global _warned
     if not _warned:
         _warned = True
         warnings.warn(
-            f"fastdiff._C is not available ({missing_reason()}); sampling uses the Python step "
-            f"loop. To {INSTALL_HINT.replace('build it', 'build the C++ loop')}.",
+            f"fastdiff._C is not available ({missing_reason()}): CPU ops run the PyTorch "
+            f"reference (slower) and sampling uses the Python step loop. To "
+            f"{INSTALL_HINT.replace('build it', 'build the native CPU kernels')}.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+

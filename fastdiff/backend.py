@@ -1,13 +1,18 @@
-"""Backend selection: the one place that decides whether an op runs a Triton kernel or the
-PyTorch reference.
+"""Backend selection: the one place that decides whether an op runs a Triton kernel, a native
+C++ CPU kernel or the PyTorch reference.
 
 Backends:
 
 - ``"reference"``: the pure-PyTorch implementation of ``fastdiff.reference`` (any device,
-  any floating dtype, float64 included). This is "CPU reference mode".
+  any floating dtype, float64 included): the oracle every kernel is tested against.
 - ``"triton"``: a fused Triton kernel registered for the op with :func:`register_kernel`.
-- ``"auto"`` (default): the Triton kernel when the op's tensors are on a CUDA device, Triton
-  is importable and a kernel is registered for the op; the reference otherwise.
+- ``"native"``: a fused C++ CPU kernel of the extension ``fastdiff._C`` (``csrc/native``,
+  ``torch.ops.fastdiff_native``), registered for the op with :func:`register_native`
+  (:mod:`fastdiff.native`); CPU tensors only.
+- ``"auto"`` (default): on a CUDA device the Triton kernel (when Triton imports and the op has
+  one); on the CPU the native kernel (when the extension is built and the op has one); the
+  reference otherwise. A CPU op that falls back to the reference because the extension is
+  missing warns once per process ("CPU reference mode").
 
 The choice comes from, in order of precedence: the innermost :func:`use_backend` context,
 :func:`set_backend`, the ``FASTDIFF_BACKEND`` environment variable, ``"auto"``.
@@ -32,10 +37,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "native", "reference")
 ENV_VAR = "FASTDIFF_BACKEND"
 
 _kernels: dict[str, Callable] = {}
+_natives: dict[str, Callable] = {}
 _global_choice: str | None = None
 _local = threading.local()
 
@@ -47,7 +53,8 @@ def _check_name(name: str) -> str:
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for the whole process: ``"auto"``, ``"triton"`` or ``"reference"``."""
+    """Select the backend for the whole process: ``"auto"``, ``"triton"``, ``"native"`` or
+    ``"reference"``."""
     global _global_choice
     _global_choice = _check_name(name)
 
@@ -116,6 +123,40 @@ def register_kernel(op: str) -> Callable[[Callable], Callable]:
     return decorator
 
 
+def register_native(op: str) -> Callable[[Callable], Callable]:
+    """Decorator registering ``fn`` as the native C++ CPU implementation of ``op``."""
+
+    def decorator(fn: Callable) -> Callable:
+        _natives[op] = fn
+        return fn
+
+    return decorator
+
+
+_native_state: list[bool] = []
+
+
+def native_available() -> bool:
+    """True when the extension ``fastdiff._C`` loads; imports :mod:`fastdiff.native` (which
+    registers every native kernel) the first time."""
+    if not _native_state:
+        from fastdiff import _extension
+
+        _native_state.append(_extension.load() is not None)
+        if _native_state[0]:
+            importlib.import_module("fastdiff.native")
+    return _native_state[0]
+
+
+native_available._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def registered_natives() -> tuple[str, ...]:
+    """Names of the ops that have a native CPU implementation (empty without the extension)."""
+    native_available()
+    return tuple(sorted(_natives))
+
+
 def registered_kernels() -> tuple[str, ...]:
     """Names of the ops that have a Triton implementation registered."""
     _kernels_loaded()
@@ -126,16 +167,43 @@ def _kernel_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
 
 
+def _native(op: str, reference: Callable, device: torch.device, choice: str) -> Callable:
+    if choice == "native":
+        if device.type != "cpu":
+            raise RuntimeError(
+                f"backend 'native' requested for {op} on {device}: native kernels run on CPU "
+                "tensors"
+            )
+        if not native_available():
+            from fastdiff import _extension
+
+            raise RuntimeError(
+                f"backend 'native' requested for {op} but fastdiff._C is not available "
+                f"({_extension.missing_reason()}); {_extension.INSTALL_HINT}"
+            )
+        if op not in _natives:
+            raise NotImplementedError(f"backend 'native' requested but {op} has no native kernel")
+        return _natives[op]
+    if native_available():
+        return _natives.get(op, reference)
+    from fastdiff import _extension
+
+    _extension.warn_missing_once()
+    return reference
+
+
 def resolve(op: str, reference: Callable, device: torch.device) -> Callable:
     """Return the implementation of ``op`` for tensors on ``device``.
 
     ``reference`` is the op's reference function; it is returned unless the backend in force
-    (see module docstring) picks the Triton kernel. Asking for ``"triton"`` where no kernel can
-    run raises instead of silently falling back.
+    (see module docstring) picks a Triton or native kernel. Asking for ``"triton"`` or
+    ``"native"`` where that kernel cannot run raises instead of silently falling back.
     """
     choice = get_backend()
     if choice == "reference":
         return reference
+    if choice == "native" or (choice == "auto" and device.type == "cpu"):
+        return _native(op, reference, device, choice)
     have_triton = _kernels_loaded()
     kernel = _kernels.get(op)
     if choice == "auto":
