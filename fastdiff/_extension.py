@@ -56,4 +56,3 @@ def warn_missing_once() -> None:
             RuntimeWarning,
             stacklevel=4,
         )
-

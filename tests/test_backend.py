@@ -31,10 +31,53 @@ def fake_kernel(monkeypatch):
     return "fake_op"
 
 
-def test_default_is_auto_and_cpu_runs_the_reference(fake_kernel):
+def _native(*args):
+    return "native"
+
+
+def test_default_is_auto_and_cpu_runs_the_reference_without_a_native_kernel(fake_kernel):
     assert fastdiff.get_backend() == "auto"
     impl = backend.resolve(fake_kernel, _reference, torch.device("cpu"))
     assert impl is _reference
+
+
+def test_auto_on_cpu_runs_the_native_kernel_when_the_extension_is_built(fake_kernel, monkeypatch):
+    monkeypatch.setitem(backend._natives, fake_kernel, _native)
+    monkeypatch.setattr(backend, "_native_state", [True])
+    assert backend.resolve(fake_kernel, _reference, torch.device("cpu")) is _native
+    # CUDA tensors never reach a native kernel; the reference backend never does either
+    assert backend.resolve(fake_kernel, _reference, torch.device("cuda", 0)) is _kernel
+    with fastdiff.use_backend("reference"):
+        assert backend.resolve(fake_kernel, _reference, torch.device("cpu")) is _reference
+
+
+def test_auto_on_cpu_without_the_extension_warns_once_and_runs_the_reference(
+    fake_kernel, monkeypatch
+):
+    from fastdiff import _extension
+
+    monkeypatch.setitem(backend._natives, fake_kernel, _native)
+    monkeypatch.setattr(backend, "_native_state", [False])
+    monkeypatch.setattr(_extension, "_warned", False)
+    monkeypatch.setattr(_extension, "_reason", "ImportError: simulated")
+    with pytest.warns(RuntimeWarning, match="CPU ops run the PyTorch reference") as record:
+        assert backend.resolve(fake_kernel, _reference, torch.device("cpu")) is _reference
+        assert backend.resolve(fake_kernel, _reference, torch.device("cpu")) is _reference
+    assert len(record) == 1
+
+
+def test_forced_native_errors_are_clear(fake_kernel, monkeypatch):
+    monkeypatch.setitem(backend._natives, fake_kernel, _native)
+    monkeypatch.setattr(backend, "_native_state", [True])
+    with fastdiff.use_backend("native"):
+        assert backend.resolve(fake_kernel, _reference, torch.device("cpu")) is _native
+        with pytest.raises(RuntimeError, match="native kernels run on CPU tensors"):
+            backend.resolve(fake_kernel, _reference, torch.device("cuda", 0))
+        with pytest.raises(NotImplementedError, match="has no native kernel"):
+            backend.resolve("op_without_kernel", _reference, torch.device("cpu"))
+        monkeypatch.setattr(backend, "_native_state", [False])
+        with pytest.raises(RuntimeError, match="fastdiff._C is not available"):
+            backend.resolve(fake_kernel, _reference, torch.device("cpu"))
 
 
 def test_auto_picks_the_kernel_for_cuda_tensors(fake_kernel):

@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "philox.h"
+#include "vmath.h"
 
 namespace fastdiff::native {
 
@@ -38,51 +39,50 @@ struct Best {
   }
 };
 
-// argmax_j (lw(j) - log E_j) over columns [begin, end) (begin even); Best.index is absolute.
+// -log E_j of `count` consecutive columns starting at the even column `begin` of `row`, or of
+// the group draws (counters 2^30 + g, words r0, r1) when `groups` is set: out[count].
+// Vectorized over lanes of counters (philox.h, vmath.h).
+void neg_log_exponentials(const Stream& s, int64_t row, int64_t begin, int64_t count, bool groups,
+                          double* out);
+
+// E_j themselves (same arguments): the noise of ratio keys w / E.
+void exponentials(const Stream& s, int64_t row, int64_t begin, int64_t count, bool groups,
+                  double* out);
+
+// The race in the ratio domain, argmax_j w_j / E_j (= argmax log w_j - log E_j up to rounding),
+// for weights w >= 0 whose ratios cannot overflow (float32 / float16 / bfloat16 inputs):
+// race_span_ratio over columns [begin, end) (w points at column begin), race_groups_ratio over
+// the group totals W_g (group_sums: plain sums in 8 interleaved partial sums).
+Best race_span_ratio(const double* w, int64_t begin, int64_t end, const Stream& s, int64_t row);
+Best race_groups_ratio(const double* sums, int64_t groups, const Stream& s, int64_t row);
+void group_sums(const double* w, int64_t vocab, double* out);
+
+// out[j] = log x[j] (vmath.h's vlog, vectorized).
+void log_row(const double* x, int64_t n, double* out);
+
+// argmax_j (lw[j] - log E_j) over columns [begin, end) of `row` (begin even, end - begin <= G);
+// lw points at column `begin`. Returns the absolute column and its key.
+Best race_span(const double* lw, int64_t begin, int64_t end, const Stream& s, int64_t row);
+
+// log W_g of every group (out[num_groups(vocab)]): a log-sum-exp with a per-group max, -inf for
+// a group without a positive weight; the column `stay` (or -1) counts as -inf.
+void group_log_sums(const double* lw, int64_t vocab, int64_t stay, double* out);
+
+// The winning group of the group keys log W_g - log E'_g: (g*, its key).
+Best race_groups(const double* log_sums, int64_t groups, const Stream& s, int64_t row);
+
+// argmax_j (lw(j) - log E_j) over columns [begin, end), lw a callable column -> log-weight.
 template <typename LogWeight>
 inline Best race_columns(const LogWeight& lw, int64_t begin, int64_t end, const Stream& s,
                          int64_t row) {
+  double buffer[kRaceGroup];
   Best best;
   best.index = begin;
-  for (int64_t j = begin; j < end; j += 2) {
-    const double l0 = lw(j);
-    const bool two = j + 1 < end;
-    const double l1 = two ? lw(j + 1) : kNegInf;
-    if (l0 == kNegInf && l1 == kNegInf) continue;
-    const Words w = s.philox(static_cast<uint32_t>(j >> 1), static_cast<uint32_t>(row));
-    if (l0 != kNegInf) best.offer(l0 - std::log(exponential_from_words(w.r0, w.r1)), j);
-    if (l1 != kNegInf) best.offer(l1 - std::log(exponential_from_words(w.r2, w.r3)), j + 1);
-  }
-  return best;
-}
-
-// log W_g of every group (out[n_groups]); the column `stay` (or -1) counts as -inf.
-inline void group_log_sums(const double* lw, int64_t vocab, int64_t stay, double* out) {
-  const int64_t groups = num_groups(vocab);
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t lo = g * kRaceGroup, hi = std::min(vocab, lo + kRaceGroup);
-    double top = kNegInf;
-    for (int64_t j = lo; j < hi; ++j) {
-      const double v = j == stay ? kNegInf : lw[j];
-      top = v > top ? v : top;
-    }
-    const double safe = top == kNegInf ? 0.0 : top;
-    double sum = 0.0;
-    for (int64_t j = lo; j < hi; ++j) {
-      if (j != stay) sum += std::exp(lw[j] - safe);
-    }
-    out[g] = safe + std::log(sum);
-  }
-}
-
-// The winning group of the group keys log W_g - log E'_g: (g*, its key).
-inline Best race_groups(const double* log_sums, int64_t groups, const Stream& s, int64_t row) {
-  Best best;
-  for (int64_t g = 0; g < groups; ++g) {
-    if (log_sums[g] == kNegInf) continue;
-    const Words w = s.philox(kGroupCounterBase + static_cast<uint32_t>(g),
-                             static_cast<uint32_t>(row));
-    best.offer(log_sums[g] - std::log(exponential_from_words(w.r0, w.r1)), g);
+  for (int64_t lo = begin; lo < end; lo += kRaceGroup) {
+    const int64_t hi = std::min(end, lo + kRaceGroup);
+    for (int64_t j = lo; j < hi; ++j) buffer[j - lo] = lw(j);
+    const Best part = race_span(buffer, lo, hi, s, row);
+    if (lo == begin || part.key > best.key) best = part;
   }
   return best;
 }
@@ -101,13 +101,9 @@ inline int64_t race_grouped(const LogWeight& lw, int64_t vocab, const double* lo
                             const Stream& s, int64_t row, int64_t stay) {
   const Best group = race_groups(log_sums, num_groups(vocab), s, row);
   const int64_t lo = group.index * kRaceGroup, hi = std::min(vocab, lo + kRaceGroup);
-  int64_t drawn;
-  if (stay >= lo && stay < hi) {
-    auto without_stay = [&](int64_t j) { return j == stay ? kNegInf : lw(j); };
-    drawn = race_columns(without_stay, lo, hi, s, row).index;
-  } else {
-    drawn = race_columns(lw, lo, hi, s, row).index;
-  }
+  double buffer[kRaceGroup];
+  for (int64_t j = lo; j < hi; ++j) buffer[j - lo] = j == stay ? kNegInf : lw(j);
+  int64_t drawn = race_span(buffer, lo, hi, s, row).index;
   if (stay >= 0 && stay_key(lw(stay), stay, s, row) > group.key) drawn = stay;
   return drawn;
 }
@@ -116,10 +112,9 @@ inline int64_t race_grouped(const LogWeight& lw, int64_t vocab, const double* lo
 // doubles; `stay` is the stay column or -1.
 inline int64_t race_row(const double* lw, int64_t vocab, const Stream& s, int64_t row,
                         int64_t stay, double* scratch) {
-  auto at = [lw](int64_t j) { return lw[j]; };
-  if (vocab <= kRaceGroup) return race_columns(at, 0, vocab, s, row).index;
+  if (vocab <= kRaceGroup) return race_span(lw, 0, vocab, s, row).index;
   group_log_sums(lw, vocab, stay, scratch);
-  return race_grouped(at, vocab, scratch, s, row, stay);
+  return race_grouped([lw](int64_t j) { return lw[j]; }, vocab, scratch, s, row, stay);
 }
 
 }  // namespace fastdiff::native

@@ -7,6 +7,7 @@
 #include <functional>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -67,22 +68,50 @@ void filter_row(double* lw, int64_t vocab, const Filters& f, double* p, double* 
   }
 }
 
+// The plain draw from weights (no temperature, no filter) of a float32 / float16 / bfloat16 row,
+// in the ratio domain: argmax w_j / E_j, by groups when V > G (race.h). Its prob is
+// w_drawn / sum w.
+int64_t draw_weights(const double* w, int64_t vocab, const Stream& s, int64_t row, double* sums,
+                     double* prob) {
+  int64_t drawn;
+  double total = 0.0;
+  if (vocab <= kRaceGroup) {
+    drawn = race_span_ratio(w, 0, vocab, s, row).index;
+    if (prob != nullptr)
+      for (int64_t j = 0; j < vocab; ++j) total += w[j];
+  } else {
+    const int64_t groups = num_groups(vocab);
+    group_sums(w, vocab, sums);
+    const int64_t lo = race_groups_ratio(sums, groups, s, row).index * kRaceGroup;
+    drawn = race_span_ratio(w + lo, lo, std::min(vocab, lo + kRaceGroup), s, row).index;
+    for (int64_t g = 0; g < groups; ++g) total += sums[g];
+  }
+  if (prob != nullptr) *prob = w[drawn] / total;
+  return drawn;
+}
+
 template <typename T>
 void sample_rows(const T* x, int64_t n, int64_t vocab, bool is_log, const Stream& s,
                  double temperature, const Filters& f, int64_t* index, float* prob) {
   const bool filtered = (f.top_k > 0 && f.top_k < vocab) || f.top_p < 1.0 || f.min_p > 0.0;
   const bool tempered = temperature != 1.0 && temperature > 0.0;
+  // weights of a narrow dtype: w / E cannot overflow float64 (w < 2^128, E > 2^-66)
+  const bool ratio = !is_log && !tempered && !filtered && temperature != 0.0 &&
+                     !std::is_same_v<T, double>;
   at::parallel_for(0, n, row_grain(vocab), [&](int64_t begin, int64_t end) {
     std::vector<double> lw(vocab), p, sorted, sums(num_groups(vocab));
     if (filtered || prob != nullptr) p.resize(vocab);
     if (filtered) sorted.resize(vocab);
     for (int64_t r = begin; r < end; ++r) {
       const T* row = x + r * vocab;
-      if (is_log) {
-        for (int64_t j = 0; j < vocab; ++j) lw[j] = to_double(row[j]);
-      } else {
-        for (int64_t j = 0; j < vocab; ++j) lw[j] = std::log(to_double(row[j]));
+      for (int64_t j = 0; j < vocab; ++j) lw[j] = to_double(row[j]);
+      if (ratio) {
+        double pr;
+        index[r] = draw_weights(lw.data(), vocab, s, r, sums.data(), prob ? &pr : nullptr);
+        if (prob != nullptr) prob[r] = static_cast<float>(pr);
+        continue;
       }
+      if (!is_log) log_row(lw.data(), vocab, lw.data());
       if (tempered) {
         double top = kNegInf;
         for (int64_t j = 0; j < vocab; ++j) top = std::max(top, lw[j]);

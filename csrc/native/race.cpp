@@ -1,0 +1,223 @@
+// The vectorized parts of the grouped race (race.h): Philox over lanes of counters, the
+// exponential transform with exact tails, the per-group log-sum-exp and the argmax of a span.
+//
+// Each function is compiled for AVX-512, AVX2 and baseline x86-64 (target_clones; the loader
+// picks the best the CPU has); every clone computes the same float64 values, because the loops
+// only use IEEE operations in a fixed order (-ffp-contract=off: no fused multiply-add) and the
+// branch-free log / exp of vmath.h.
+#include "race.h"
+
+#include <algorithm>
+
+namespace fastdiff::native {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTDIFF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTDIFF_CLONES
+#endif
+
+namespace {
+
+constexpr int kLanes = kRaceGroup;  // counters per batch
+
+// Philox4x32-10 of the counters (c0_start + i, c1, offset) for i < n: the four words per lane.
+// The state lives in 64-bit lanes holding 32-bit values, so that each round is a widening
+// multiply (vpmuludq) without packing and unpacking 32-bit lanes.
+FASTDIFF_INLINE void philox_lanes(const Stream& s, uint32_t c0_start, uint32_t c1, int n,
+                                  uint32_t* o0, uint32_t* o1, uint32_t* o2, uint32_t* o3) {
+  constexpr uint64_t M = 0xFFFFFFFFull;
+  for (int i = 0; i < n; ++i) {
+    uint64_t x0 = (c0_start + static_cast<uint32_t>(i)) & M, x1 = c1, x2 = s.off_lo,
+             x3 = s.off_hi, a = s.k0, b = s.k1;
+#pragma GCC unroll 10
+    for (int r = 0; r < kPhiloxRounds; ++r) {
+      const uint64_t p0 = kPhiloxM0 * (x0 & M);
+      const uint64_t p1 = kPhiloxM1 * (x2 & M);
+      const uint64_t n0 = (p1 >> 32) ^ x1 ^ a;
+      const uint64_t n2 = (p0 >> 32) ^ x3 ^ b;
+      x1 = p1 & M;
+      x3 = p0 & M;
+      x0 = n0;
+      x2 = n2;
+      a = (a + kPhiloxW0) & M;
+      b = (b + kPhiloxW1) & M;
+    }
+    o0[i] = static_cast<uint32_t>(x0);
+    o1[i] = static_cast<uint32_t>(x1);
+    o2[i] = static_cast<uint32_t>(x2);
+    o3[i] = static_cast<uint32_t>(x3);
+  }
+}
+
+// E of the exponential transform of philox.h, branch-free: W = (k + 1/2) 2^-64 from the 63 low
+// bits k of a:b (k converted as hi 2^32 + lo: one rounding, as an int64 -> double convert);
+// E = -log W (bit 31 of a set) or -log1p(-W) = -(log u + c / u) with u = 1 - W and c = (1 - u) - W
+// the rounding error of u (c / u computed as c (2 - u): |c| <= 2^-54, so the difference is far
+// below an ulp of the result).
+FASTDIFF_INLINE double exponential_vec(uint32_t a, uint32_t b) {
+  const double k = u32_to_double(a & 0x7FFFFFFFu) * 0x1p32 + u32_to_double(b);
+  const double w = (k + 0.5) * 0x1p-64;
+  const double u = 1.0 - w;
+  const double c = (1.0 - u) - w;
+  const bool upper = (a >> 31) != 0;
+  return -(vlog(upper ? w : u) + (upper ? 0.0 : c * (2.0 - u)));
+}
+
+// The race's key noise: -log E (log-domain keys lw - log E) or E (ratio keys w / E).
+template <bool Ratio>
+FASTDIFF_INLINE double key_noise(uint32_t a, uint32_t b) {
+  const double e = exponential_vec(a, b);
+  return Ratio ? e : -vlog(e);
+}
+
+// key_noise of `count` consecutive columns from the even column `begin` of `row`, or of the
+// group draws (counters 2^30 + g, words r0, r1) when `groups` is set: out[count].
+template <bool Ratio>
+FASTDIFF_INLINE void noise_run(const Stream& s, int64_t row, int64_t begin, int64_t count,
+                               bool groups, double* out) {
+  uint32_t w0[kLanes], w1[kLanes], w2[kLanes], w3[kLanes];
+  const uint32_t r = static_cast<uint32_t>(row);
+  for (int64_t done = 0; done < count;) {
+    if (groups) {
+      const int n = static_cast<int>(std::min<int64_t>(kLanes, count - done));
+      philox_lanes(s, kGroupCounterBase + static_cast<uint32_t>(begin + done), r, n, w0, w1, w2,
+                   w3);
+      for (int i = 0; i < n; ++i) out[done + i] = key_noise<Ratio>(w0[i], w1[i]);
+      done += n;
+    } else {
+      // lane i is the column pair (begin + done) / 2 + i: columns 2i <- (r0, r1), 2i+1 <- (r2, r3)
+      const int64_t cols = std::min<int64_t>(2 * kLanes, count - done);
+      const int n = static_cast<int>((cols + 1) / 2);
+      philox_lanes(s, static_cast<uint32_t>((begin + done) >> 1), r, n, w0, w1, w2, w3);
+      double even[kLanes], odd[kLanes];
+      for (int i = 0; i < n; ++i) {
+        even[i] = key_noise<Ratio>(w0[i], w1[i]);
+        odd[i] = key_noise<Ratio>(w2[i], w3[i]);
+      }
+      for (int64_t j = 0; j < cols; ++j) out[done + j] = (j & 1) ? odd[j >> 1] : even[j >> 1];
+      done += cols;
+    }
+  }
+}
+
+}  // namespace
+
+FASTDIFF_CLONES
+void neg_log_exponentials(const Stream& s, int64_t row, int64_t begin, int64_t count, bool groups,
+                          double* out) {
+  noise_run<false>(s, row, begin, count, groups, out);
+}
+
+FASTDIFF_CLONES
+void exponentials(const Stream& s, int64_t row, int64_t begin, int64_t count, bool groups,
+                  double* out) {
+  noise_run<true>(s, row, begin, count, groups, out);
+}
+
+Best race_span_ratio(const double* w, int64_t begin, int64_t end, const Stream& s, int64_t row) {
+  double noise[kRaceGroup];
+  const int64_t count = end - begin;
+  exponentials(s, row, begin, count, false, noise);
+  Best best;
+  best.index = begin;
+  for (int64_t j = 0; j < count; ++j) best.offer(w[j] / noise[j], begin + j);
+  return best;
+}
+
+Best race_groups_ratio(const double* sums, int64_t groups, const Stream& s, int64_t row) {
+  double noise[kRaceGroup];
+  Best best;
+  for (int64_t g0 = 0; g0 < groups; g0 += kRaceGroup) {
+    const int64_t n = std::min<int64_t>(kRaceGroup, groups - g0);
+    exponentials(s, row, g0, n, true, noise);
+    for (int64_t g = 0; g < n; ++g) best.offer(sums[g0 + g] / noise[g], g0 + g);
+  }
+  return best;
+}
+
+FASTDIFF_CLONES
+void group_sums(const double* w, int64_t vocab, double* out) {
+  constexpr int P = 8;
+  const int64_t groups = num_groups(vocab);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t lo = g * kRaceGroup, n = std::min(vocab, lo + kRaceGroup) - lo;
+    double acc[P] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + P <= n; j += P)
+      for (int p = 0; p < P; ++p) acc[p] += w[lo + j + p];
+    double sum = 0.0;
+    for (int p = 0; p < P; ++p) sum += acc[p];
+    for (; j < n; ++j) sum += w[lo + j];
+    out[g] = sum;
+  }
+}
+
+FASTDIFF_CLONES
+void log_row(const double* x, int64_t n, double* out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = vlog(x[j]);
+}
+
+Best race_span(const double* lw, int64_t begin, int64_t end, const Stream& s, int64_t row) {
+  double noise[kRaceGroup];
+  const int64_t count = end - begin;
+  neg_log_exponentials(s, row, begin, count, false, noise);
+  Best best;
+  best.index = begin;
+  for (int64_t j = 0; j < count; ++j) best.offer(lw[j] + noise[j], begin + j);
+  return best;
+}
+
+namespace {
+
+// log sum_j exp(lw[j]) over n <= G columns with the max shifted out (-inf for no positive
+// weight), in 8 interleaved partial sums.
+FASTDIFF_INLINE double log_sum_exp(const double* lw, int64_t n) {
+  constexpr int P = 8;
+  double m[P], acc[P];
+  for (int p = 0; p < P; ++p) m[p] = kNegInf, acc[p] = 0.0;
+  int64_t j = 0;
+  for (; j + P <= n; j += P)
+    for (int p = 0; p < P; ++p) m[p] = lw[j + p] > m[p] ? lw[j + p] : m[p];
+  double top = kNegInf;
+  for (int p = 0; p < P; ++p) top = m[p] > top ? m[p] : top;
+  for (int64_t t = j; t < n; ++t) top = lw[t] > top ? lw[t] : top;
+  const double safe = top == kNegInf ? 0.0 : top;
+  for (j = 0; j + P <= n; j += P)
+    for (int p = 0; p < P; ++p) acc[p] += vexp(lw[j + p] - safe);
+  double sum = 0.0;
+  for (int p = 0; p < P; ++p) sum += acc[p];
+  for (int64_t t = j; t < n; ++t) sum += vexp(lw[t] - safe);
+  return safe + std::log(sum);
+}
+
+}  // namespace
+
+FASTDIFF_CLONES
+void group_log_sums(const double* lw, int64_t vocab, int64_t stay, double* out) {
+  const int64_t groups = num_groups(vocab);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t lo = g * kRaceGroup, hi = std::min(vocab, lo + kRaceGroup);
+    if (stay >= lo && stay < hi) {
+      double copy[kRaceGroup];
+      std::copy(lw + lo, lw + hi, copy);
+      copy[stay - lo] = kNegInf;
+      out[g] = log_sum_exp(copy, hi - lo);
+    } else {
+      out[g] = log_sum_exp(lw + lo, hi - lo);
+    }
+  }
+}
+
+Best race_groups(const double* log_sums, int64_t groups, const Stream& s, int64_t row) {
+  double noise[kRaceGroup];
+  Best best;
+  for (int64_t g0 = 0; g0 < groups; g0 += kRaceGroup) {
+    const int64_t n = std::min<int64_t>(kRaceGroup, groups - g0);
+    neg_log_exponentials(s, row, g0, n, true, noise);
+    for (int64_t g = 0; g < n; ++g) best.offer(log_sums[g0 + g] + noise[g], g0 + g);
+  }
+  return best;
+}
+
+}  // namespace fastdiff::native
