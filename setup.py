@@ -2,7 +2,8 @@
 
 All metadata lives in ``pyproject.toml``. This file adds the C++ extension ``fastdiff._C``
 (``csrc/``: the sampler step loop and the native CPU kernels of ``csrc/native``, built with
-``torch.utils.cpp_extension``: pybind11, ninja when installed). It needs the torch the package will run with, so install without build isolation::
+``torch.utils.cpp_extension``: pybind11, ninja when installed). It needs the torch the package
+will run with, so install without build isolation::
 
     pip install torch          # first: the build compiles against it
     pip install --no-build-isolation -e ".[test]"
