@@ -52,7 +52,12 @@ def _extension() -> dict:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return _skip(f"no C++ compiler ({compiler!r} not found)")
-    ext = cpp_extension.CppExtension("fastdiff._C", SOURCES, extra_compile_args=COMPILE_ARGS)
+    ext = cpp_extension.CppExtension(
+        "fastdiff._C",
+        SOURCES,
+        extra_compile_args=COMPILE_ARGS,
+        depends=sorted(glob.glob("csrc/native/*.h")),
+    )
 
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's builder; a failed compile installs the pure-Python package unless required."""
