@@ -345,7 +345,7 @@ def test_llada_step_commits_like_fastdiff():
     x = torch.randint(0, m, (batch, length), generator=g)
     x[torch.rand(batch, length, generator=g) < 0.6] = m
     before = x.clone()
-    got = baselines.llada_unmask_step(logits, x, m, k)
+    got = baselines.llada_unmask_step(logits, x, m, torch.full((batch,), k))
     assert torch.equal(x, before)
     assert torch.equal(got, fastdiff.confidence_unmask_step(logits, x, mask_id=m, k=k))
     assert ((got != m) & (x == m)).sum(-1).tolist() == [k] * batch

@@ -285,6 +285,7 @@ def _unmask_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, gen: 
     seq = SEQ_LEN if shape.n % SEQ_LEN == 0 else shape.n
     d["logits"] = d["logits"].reshape(-1, seq, shape.v)
     d["x_t"] = d["x_t"].reshape(-1, seq)
+    d["num_transfer"] = torch.full((shape.n // seq,), UNMASK_K, dtype=torch.long, device=device)
     return d
 
 
@@ -618,7 +619,7 @@ CASES: tuple[Case, ...] = (
         reference_args=lambda d: (d["logits"], d["x_t"], d["mask_id"], UNMASK_K),
         traffic=_masked_step_bytes(scalars=0),
         baseline=Baseline("llada", lambda d: baselines.llada_unmask_step(
-            d["logits"], d["x_t"], d["mask_id"], UNMASK_K)),
+            d["logits"], d["x_t"], d["mask_id"], d["num_transfer"])),
     ),
     Case(
         "d3pm_step", "sampling", "fwd", DENSE, "d3pm_step",
