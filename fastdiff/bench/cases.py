@@ -4,7 +4,11 @@ model, shared by ``fastdiff bench`` and the pytest-benchmark files of ``benchmar
 Providers of every case:
 
 - ``fastdiff``: the public op under the chosen backend (``auto`` by default: the Triton kernel
-  on CUDA where one is registered, the reference otherwise; results record which one ran);
+  on CUDA where one is registered, the native kernel on the CPU where the extension has one,
+  the reference otherwise; results record which one ran);
+- ``native``: the public op under ``fastdiff.use_backend("native")``: the C++ CPU kernel of
+  ``fastdiff._C`` (skipped, with the reason, where the extension is missing, the op has no
+  native kernel or the inputs are not on the CPU);
 - ``reference``: the public op under ``fastdiff.use_backend("reference")`` (eager PyTorch);
 - ``compile``: ``torch.compile`` of the op's flattened reference function
   (:mod:`fastdiff.reference`), called on the same inputs;
@@ -84,7 +88,7 @@ Inputs = dict[str, Any]
 
 FAMILIES = ("training", "noising", "sampling", "gaussian")
 BASELINE_STYLES = ("sedd", "mdlm", "d3pm", "llada", "diffusionlm")
-CORE_PROVIDERS = ("reference", "fastdiff", "compile")
+CORE_PROVIDERS = ("reference", "fastdiff", "native", "compile")
 
 TOKEN = 8  # int64 token id
 SCALAR = 4  # float32 per-row noise level / weight
