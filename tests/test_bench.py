@@ -215,6 +215,13 @@ def test_compare(quick, tmp_path, capsys):
     ratios = {tuple(row[:4]): row[-1] for row in rows if row and row[0] in cases.BY_NAME}
     assert {r for k, r in ratios.items() if k[0] == "add_noise_absorb"} == {"0.50"}
     assert {r for k, r in ratios.items() if k[0] != "add_noise_absorb"} == {"1.00"}
+    # a file from before rows recorded their threads: its rows ran at the device's count
+    for r in doc["results"]:
+        del r["threads"]
+    doc["device"]["threads"] = 1
+    other.write_text(json.dumps(doc))
+    assert main(["bench", "--compare", str(path), str(other)]) == 0
+    assert f"{len(timed)} rows in both; 0 of A and 0 of B unmatched" in capsys.readouterr().out
 
 
 def test_bad_arguments_are_usage_errors(capsys):

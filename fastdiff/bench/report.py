@@ -195,7 +195,7 @@ def header(doc: dict) -> str:
     """Two lines: versions, device, the thread counts timed and the measured peak."""
     dev, peak, settings = doc["device"], doc["peak"], doc["settings"]
     mm = ", ".join(f"{k} {v:.2f}" for k, v in peak["matmul_tflops"].items())
-    timed = ", ".join(str(t) for t in settings.get("threads", [dev["threads"]]))
+    timed = ", ".join(str(t) for t in settings["threads"])
     return (
         f"fastdiff {doc['fastdiff']}, torch {doc['torch']}, triton {doc['triton']}; "
         f"{dev['type']}: {dev['name']} ({dev['threads']} threads; timed with {timed}); "
