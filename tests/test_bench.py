@@ -176,6 +176,7 @@ def test_quick_table(quick):
     assert all(column in header for column in (*columns, "x base", "peak mem"))
     assert stdout.count("\n") > len(doc["results"])
     assert re.search(r"\[\d+\] skipped: not in --quick mode \(compiling takes", stdout)
+    assert stdout.count("skipped: no native kernel for the op") <= 1
     assert f"JSON: {path}" in stdout
 
 
@@ -299,9 +300,13 @@ def test_native_provider_skips_an_op_without_a_native_kernel(fake_native):
     case = cases.BY_NAME["ddim_step"]
     assert case.kernel not in backend.registered_natives()
     inputs = runner.make_input_sets(case, Shape(64, 0, h=32), torch.float32, CPU)
-    with pytest.raises(runner.Skip, match="ddim_step has no native kernel"):
+    with pytest.raises(runner.Skip, match=r"no native kernel for the op \(native: .*corrupt"):
         runner.bind(case, "native", inputs, CPU)
     assert runner.resolved_backend(case, CPU, "auto") == "reference"
+    # one wording for every op without a kernel: the table lists it once
+    assert runner.native_skip(case, CPU) == runner.native_skip(cases.BY_NAME["ddpm_step"], CPU)
+    assert runner.native_skip(NOISE, CPU) is None
+    assert "run on CPU tensors" in runner.native_skip(NOISE, torch.device("cuda"))
 
 
 def test_native_provider_skips_without_the_extension(no_extension):

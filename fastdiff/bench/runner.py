@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 import fastdiff
-from fastdiff import backend
+from fastdiff import _extension, backend
 from fastdiff.bench.cases import Case, Inputs
 from fastdiff.bench.peak import Peak
 from fastdiff.bench.shapes import Shape, dtype_name
@@ -85,6 +85,18 @@ def resolved_backend(case: Case, device: torch.device, choice: str) -> str:
     return "native" if impl is backend.native_kernel(case.kernel) else "triton"
 
 
+def native_skip(case: Case, device: torch.device) -> str | None:
+    """Why the ``native`` provider cannot run ``case`` on ``device`` (one wording per cause, so
+    that the table lists each once), or None when it can."""
+    if device.type != "cpu":
+        return f"native kernels run on CPU tensors, not {device.type}"
+    if not backend.native_available():
+        return f"fastdiff._C is not available ({_extension.missing_reason()})"
+    if case.kernel not in backend.registered_natives():
+        return f"no native kernel for the op (native: {', '.join(backend.registered_natives())})"
+    return None
+
+
 def _compiled(case: Case) -> Callable[[Inputs], object]:
     torch._dynamo.reset()  # a fresh cache: no recompile limit carried over between shapes
     compiled = torch.compile(case.reference)
@@ -104,10 +116,14 @@ def bind(
     (``compile_skip`` given, torch.compile failing, the Triton or native kernel unavailable)."""
     if provider == "reference":
         fn, ran = _with_backend("reference", case.public), "reference"
-    elif provider in ("fastdiff", "native"):
-        choice = backend_choice if provider == "fastdiff" else "native"
-        ran = resolved_backend(case, device, choice)
-        fn = _with_backend(choice, case.public)
+    elif provider == "fastdiff":
+        ran = resolved_backend(case, device, backend_choice)
+        fn = _with_backend(backend_choice, case.public)
+    elif provider == "native":
+        reason = native_skip(case, device)
+        if reason:
+            raise Skip(reason)
+        fn, ran = _with_backend("native", case.public), "native"
     elif provider == "compile":
         if compile_skip:
             raise Skip(compile_skip)
