@@ -158,7 +158,7 @@ class Result:
     provider: str
     bytes: int
     flops: int
-    threads: int | None = None
+    threads: int  # torch CPU threads while timed
     backend: str | None = None
     median_ms: float | None = None
     reps: int | None = None
@@ -253,7 +253,7 @@ def _new_result(p: Plan, provider: str) -> Result:
         provider,
         case.bytes(p.shape, p.dtype),
         case.flops(p.shape),
-        threads=torch.get_num_threads(),
+        torch.get_num_threads(),
     )
 
 
