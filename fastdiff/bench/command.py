@@ -150,9 +150,10 @@ def _threads(requested: list[int] | None, device: torch.device, quick: bool) -> 
 
 
 def _list() -> str:
-    lines = [f"{'op':<28} {'family':<9} {'pass':<8} providers"]
+    width = report.OP_WIDTH
+    lines = [f"{'op':<{width}} {'family':<9} {'pass':<8} providers"]
     for c in cases.CASES:
-        lines.append(f"{c.name:<28} {c.family:<9} {c.what:<8} {' '.join(c.providers)}")
+        lines.append(f"{c.name:<{width}} {c.family:<9} {c.what:<8} {' '.join(c.providers)}")
     return "\n".join(lines)
 
 

@@ -52,10 +52,12 @@ from pathlib import Path
 import torch
 
 import fastdiff
+from fastdiff.bench.cases import CASES
 from fastdiff.bench.peak import Peak
 from fastdiff.bench.runner import Result
 
 SCHEMA_VERSION = 1
+OP_WIDTH = max(len(case.name) for case in CASES)  # the op column of the tables
 
 
 def _triton_version() -> str | None:
@@ -172,7 +174,7 @@ def _shape(shape: dict[str, int | None]) -> str:
 
 
 _COLUMNS = (  # header, width, alignment
-    ("op", 28, "<"),
+    ("op", OP_WIDTH, "<"),
     ("shape", 16, "<"),
     ("dtype", 8, "<"),
     ("provider", 11, "<"),
@@ -260,8 +262,8 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
         f"B = {name_b}: {b['device']['name']}, {b['date']}, copy {b['peak']['copy_gbps']:.1f} GB/s",
         "ratio = A ms / B ms (> 1: B faster)",
         "",
-        f"{'op':<28} {'shape':<16} {'dtype':<8} {'provider':<11} {'threads':>7} {'A ms':>10} "
-        f"{'B ms':>10} {'ratio':>7}",
+        f"{'op':<{OP_WIDTH}} {'shape':<16} {'dtype':<8} {'provider':<11} {'threads':>7} "
+        f"{'A ms':>10} {'B ms':>10} {'ratio':>7}",
     ]
     lines.append("-" * len(lines[-1]))
     matched = 0
@@ -273,7 +275,7 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
         matched += 1
         ratio = r["median_ms"] / other["median_ms"]
         lines.append(
-            f"{r['op']:<28} {_shape(r['shape']):<16} {r['dtype']:<8} "
+            f"{r['op']:<{OP_WIDTH}} {_shape(r['shape']):<16} {r['dtype']:<8} "
             f"{r['provider']:<11} {r['threads']:>7} {r['median_ms']:>10.3f} "
             f"{other['median_ms']:>10.3f} {ratio:>7.2f}"
         )
