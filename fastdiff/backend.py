@@ -157,6 +157,13 @@ def registered_natives() -> tuple[str, ...]:
     return tuple(sorted(_natives))
 
 
+def native_kernel(op: str) -> Callable | None:
+    """The native CPU implementation registered for ``op``, or None (no kernel or no
+    extension): what :func:`resolve` returns for ``op`` when it picks the native backend."""
+    native_available()
+    return _natives.get(op)
+
+
 def registered_kernels() -> tuple[str, ...]:
     """Names of the ops that have a Triton implementation registered."""
     _kernels_loaded()

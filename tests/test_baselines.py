@@ -1,4 +1,5 @@
-"""The SEDD / MDLM-style baselines of :mod:`fastdiff.bench.baselines` compute fastdiff's math.
+"""The SEDD / MDLM / LLaDA-style baselines of :mod:`fastdiff.bench.baselines` compute
+fastdiff's math.
 
 The benchmarks compare fastdiff's reference with these baselines; these tests make sure the
 comparison is like with like: same losses and gradients (fp64), same transition
@@ -364,3 +365,46 @@ def test_sedd_sample_categorical_frequencies_and_zero_weights():
     draws = baselines.sedd_sample_categorical(w.expand(DRAWS, 5).contiguous())
     assert _tv(_freqs(draws, 5), w.double() / w.sum()) < 0.02
     assert not ((draws == 0) | (draws == 3)).any()
+
+
+# --------------------------------------------------------------------------------------------
+# LLaDA
+# --------------------------------------------------------------------------------------------
+
+
+def _peaked_logits(tops: list[list[tuple[int, float]]], vocab: int) -> torch.Tensor:
+    """float32 logits ``[B, L, V]``: at each position probability ``p`` on token ``top``, the
+    rest spread evenly over the other tokens."""
+    probs = torch.tensor(
+        [
+            [[p if j == top else (1 - p) / (vocab - 1) for j in range(vocab)] for top, p in row]
+            for row in tops
+        ]
+    )
+    return probs.log()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llada_step_commits_the_k_most_confident_argmax_proposals(dtype):
+    """Hand-built: per sequence the ``num_transfer[j]`` masked positions whose argmax has the
+    highest probability take that argmax; positions already decoded are never chosen (their
+    confidence is high here); the mask column is a proposal like any other (LLaDA does not
+    exclude it: the committed mask leaves the position masked); ``block_end`` shuts out the
+    positions past the block."""
+    m = 4
+    x = torch.tensor([[1, m, m, 2, m, m], [m, m, m, m, m, m]])
+    logits = _peaked_logits(
+        [
+            [(1, 0.99), (3, 0.9), (0, 0.5), (2, 0.99), (m, 0.95), (2, 0.7)],
+            [(1, 0.6), (2, 0.8), (3, 0.4), (0, 0.4), (1, 0.4), (2, 0.4)],
+        ],
+        vocab=5,
+    ).to(dtype)
+    before = x.clone()
+    num_transfer = torch.tensor([2, 1])
+    got = baselines.llada_unmask_step(logits, x, m, num_transfer)
+    assert torch.equal(x, before)
+    # row 0: position 4 (0.95, proposes the mask) and position 1 (0.9); row 1: position 1
+    assert got.tolist() == [[1, 3, m, 2, m, m], [m, 2, m, m, m, m]]
+    in_block = baselines.llada_unmask_step(logits, x, m, num_transfer, block_end=4)
+    assert in_block.tolist() == [[1, 3, 0, 2, m, m], [m, 2, m, m, m, m]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -16,10 +17,12 @@ import pytest
 import torch
 
 import fastdiff
-from fastdiff import backend
-from fastdiff.bench import baselines, cases, runner
+from fastdiff import _extension, backend
+from fastdiff.bench import baselines, cases, command, runner
+from fastdiff.bench.peak import Peak
 from fastdiff.bench.shapes import Shape, parse_shape
 from fastdiff.cli import main
+from fastdiff.reference import noising as ref_noising
 
 QUICK_BUDGET_S = 60.0
 
@@ -45,6 +48,7 @@ ROW = {
     "shape": dict,
     "dtype": str,
     "provider": str,
+    "threads": int,
     "backend": (str, type(None)),
     "bytes": int,
     "flops": int,
@@ -106,6 +110,8 @@ def test_quick_json_schema(quick):
     settings = doc["settings"]
     assert settings["quick"] is True and settings["value_checks"] is False
     assert settings["ops"] == [c.name for c in cases.CASES]
+    assert settings["providers"] == ["native", "reference", "compile", "baseline"]
+    assert settings["threads"] == [1]
     peak = doc["peak"]
     _keys_and_types(peak, {"copy_gbps": float, "matmul_tflops": dict}, "peak")
     assert peak["copy_gbps"] > 0
@@ -121,13 +127,18 @@ def test_quick_figures(quick):
     doc = quick[0]
     rows = doc["results"]
     copy_bps = doc["peak"]["copy_gbps"] * 1e9
-    # every op, with its reference, the fastdiff op and its public-style baseline timed
+    # every op, with its reference, its public-style baseline and its native kernel (where the
+    # extension has one) timed
+    natives = backend.registered_natives()
     for case in cases.CASES:
         timed = {r["provider"] for r in rows if r["op"] == case.name and r["median_ms"]}
-        assert timed == {"reference", "fastdiff", case.baseline.style}, case.name
+        native = {"native"} if case.kernel in natives else set()
+        assert timed == {"reference", case.baseline.style} | native, case.name
     for r in rows:
-        if r["skipped_reason"]:  # only torch.compile is skipped in quick mode on the CPU
-            assert r["provider"] == "compile" and r["median_ms"] is None and r["gbps"] is None
+        assert r["threads"] == 1
+        if r["skipped_reason"]:  # torch.compile in quick mode, the ops without a native kernel
+            assert r["median_ms"] is None and r["gbps"] is None
+            assert r["provider"] == "compile" or "native" in r["skipped_reason"]
             continue
         seconds = r["median_ms"] * 1e-3
         assert r["median_ms"] > 0 and r["reps"] >= 3 and r["bytes"] > 0
@@ -141,17 +152,31 @@ def test_quick_figures(quick):
         assert r["pct_of_peak"] == pytest.approx(100 * roof / seconds)
         if r["provider"] == "reference":
             assert r["speedup_vs_eager"] == 1.0 and r["backend"] == "reference"
-        assert r["backend"] in ("reference", "triton", "eager")
+        assert r["backend"] == {"native": "native", "reference": "reference"}.get(
+            r["provider"], "eager"
+        )
+        assert r["speedup_vs_eager"] > 0 and r["speedup_vs_baseline"] > 0
         assert r["peak_mem_bytes"] is None  # CPU
 
 
 def test_quick_table(quick):
     doc, path, stdout, _ = quick
     header = stdout.splitlines()[2]
-    columns = ("op", "shape", "dtype", "provider", "median ms", "GB/s", "% peak", "x eager")
+    columns = (
+        "op",
+        "shape",
+        "dtype",
+        "provider",
+        "threads",
+        "median ms",
+        "GB/s",
+        "% peak",
+        "x ref",
+    )
     assert all(column in header for column in (*columns, "x base", "peak mem"))
     assert stdout.count("\n") > len(doc["results"])
-    assert "[1] skipped: not in --quick mode" in stdout
+    assert re.search(r"\[\d+\] skipped: not in --quick mode \(compiling takes", stdout)
+    assert stdout.count("skipped: no native kernel for the op") <= 1
     assert f"JSON: {path}" in stdout
 
 
@@ -191,6 +216,13 @@ def test_compare(quick, tmp_path, capsys):
     ratios = {tuple(row[:4]): row[-1] for row in rows if row and row[0] in cases.BY_NAME}
     assert {r for k, r in ratios.items() if k[0] == "add_noise_absorb"} == {"0.50"}
     assert {r for k, r in ratios.items() if k[0] != "add_noise_absorb"} == {"1.00"}
+    # a file from before rows recorded their threads: its rows ran at the device's count
+    for r in doc["results"]:
+        del r["threads"]
+    doc["device"]["threads"] = 1
+    other.write_text(json.dumps(doc))
+    assert main(["bench", "--compare", str(path), str(other)]) == 0
+    assert f"{len(timed)} rows in both; 0 of A and 0 of B unmatched" in capsys.readouterr().out
 
 
 def test_bad_arguments_are_usage_errors(capsys):
@@ -200,6 +232,136 @@ def test_bad_arguments_are_usage_errors(capsys):
     assert "unknown op or family no_such_op" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--shapes", "12xx"])
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "--threads", "1", bad])
+        assert exc.value.code == 2
+        assert "argument --threads" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# the native provider and the thread counts
+# --------------------------------------------------------------------------------------------
+
+CPU = torch.device("cpu")
+NOISE = cases.BY_NAME["add_noise_absorb"]  # kernel "corrupt"
+
+
+@pytest.fixture
+def auto_backend(monkeypatch):
+    monkeypatch.setattr(backend, "_global_choice", None)
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def fake_native(monkeypatch, auto_backend) -> list[int]:
+    """``corrupt`` with a native kernel, as if ``fastdiff._C`` had loaded: the reference under
+    another name, counting its calls."""
+    calls: list[int] = []
+
+    def corrupt_native(*args, **kwargs):
+        calls.append(1)
+        return ref_noising.corrupt(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "_native_state", [True])
+    monkeypatch.setitem(backend._natives, "corrupt", corrupt_native)
+    return calls
+
+
+@pytest.fixture
+def no_extension(monkeypatch, auto_backend) -> None:
+    """``fastdiff._C`` missing (not built), its warning already given."""
+    monkeypatch.setattr(backend, "_native_state", [False])
+    monkeypatch.setattr(_extension, "_loaded", True)
+    monkeypatch.setattr(_extension, "_module", None)
+    monkeypatch.setattr(_extension, "_reason", "ImportError: not built")
+    monkeypatch.setattr(_extension, "_warned", True)
+
+
+def _noise_inputs() -> list[cases.Inputs]:
+    return runner.make_input_sets(NOISE, Shape(64, 32), torch.float32, CPU)
+
+
+def test_native_provider_runs_the_native_kernel(fake_native):
+    assert runner.resolved_backend(NOISE, CPU, "auto") == "native"
+    assert runner.resolved_backend(NOISE, CPU, "native") == "native"
+    assert runner.resolved_backend(NOISE, CPU, "reference") == "reference"
+    for provider in ("native", "fastdiff"):  # fastdiff: auto, which picks native on the CPU
+        bound = runner.bind(NOISE, provider, _noise_inputs(), CPU)
+        before = len(fake_native)
+        bound.call()
+        assert bound.backend == "native" and len(fake_native) == before + 1
+    bound = runner.bind(NOISE, "reference", _noise_inputs(), CPU)
+    bound.call()
+    assert bound.backend == "reference" and len(fake_native) == 2
+
+
+def test_native_provider_skips_an_op_without_a_native_kernel(fake_native):
+    case = cases.BY_NAME["ddim_step"]
+    assert case.kernel not in backend.registered_natives()
+    inputs = runner.make_input_sets(case, Shape(64, 0, h=32), torch.float32, CPU)
+    with pytest.raises(runner.Skip, match=r"no native kernel for the op \(native: .*corrupt"):
+        runner.bind(case, "native", inputs, CPU)
+    assert runner.resolved_backend(case, CPU, "auto") == "reference"
+    # one wording for every op without a kernel: the table lists it once
+    assert runner.native_skip(case, CPU) == runner.native_skip(cases.BY_NAME["ddpm_step"], CPU)
+    assert runner.native_skip(NOISE, CPU) is None
+    assert "run on CPU tensors" in runner.native_skip(NOISE, torch.device("cuda"))
+
+
+def test_native_provider_skips_without_the_extension(no_extension):
+    assert runner.resolved_backend(NOISE, CPU, "auto") == "reference"
+    with pytest.raises(runner.Skip, match=r"fastdiff._C is not available \(ImportError: not built"):
+        runner.bind(NOISE, "native", _noise_inputs(), CPU)
+    plans = runner.plan([NOISE], {"native", "reference"}, [torch.float32], "cpu", [Shape(64, 32)])
+    rows = runner.run(plans, CPU, Peak(1.0, {"float32": 1.0}), quick=True)
+    reference, native = rows
+    assert native.provider == "native" and native.median_ms is None
+    assert "fastdiff._C is not available" in native.skipped_reason
+    assert reference.median_ms > 0 and reference.speedup_vs_eager == 1.0
+
+
+def test_run_times_each_thread_count_and_restores_torchs(fake_native):
+    threads = torch.get_num_threads()
+    plans = runner.plan(
+        [NOISE], {"native", "reference", "baseline"}, [torch.float32], "cpu", [Shape(64, 32)]
+    )
+    rows = runner.run(plans, CPU, Peak(1.0, {"float32": 1.0}), quick=True, threads=[2, 1])
+    assert torch.get_num_threads() == threads
+    assert [(r.threads, r.provider) for r in rows] == [
+        (t, p) for t in (2, 1) for p in ("reference", "native", "sedd")
+    ]
+    for count in (2, 1):  # speedups within one thread count
+        group = {r.provider: r for r in rows if r.threads == count}
+        native = group["native"]
+        assert native.backend == "native"
+        assert native.speedup_vs_eager == group["reference"].median_ms / native.median_ms
+        assert native.speedup_vs_baseline == group["sedd"].median_ms / native.median_ms
+
+
+def test_default_thread_counts_and_providers():
+    every = torch.get_num_threads()
+    assert command._threads(None, CPU, quick=True) == [1]
+    assert command._threads(None, CPU, quick=False) == list(dict.fromkeys([1, every]))
+    assert command._threads(None, torch.device("cuda"), quick=False) == [every]
+    assert command._threads([1, every, 1], CPU, quick=True) == list(dict.fromkeys([1, every]))
+    assert command.DEFAULT_PROVIDERS["cpu"] == ["native", "reference", "compile", "baseline"]
+
+
+def test_one_run_at_one_thread_and_at_all(tmp_path, capsys):
+    every = torch.get_num_threads()
+    argv = ["bench", "--quick", "--ops", "add_noise_absorb", "--shapes", "64x32"]
+    argv += ["--providers", "reference", "baseline", "--threads", "1", "all"]
+    argv += ["--out", str(tmp_path), "--no-plot", "--no-progress"]
+    assert main(argv) == 0
+    doc = json.loads(_the_json(tmp_path).read_text())
+    counts = list(dict.fromkeys([1, every]))
+    assert doc["settings"]["threads"] == counts and doc["device"]["threads"] == every
+    assert [(r["threads"], r["provider"]) for r in doc["results"]] == [
+        (t, p) for t in counts for p in ("reference", "sedd")
+    ]
+    out = capsys.readouterr().out
+    assert f"timed with {', '.join(map(str, counts))}" in out
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,7 +507,7 @@ def test_llada_step_commits_like_fastdiff():
     x = torch.randint(0, m, (batch, length), generator=g)
     x[torch.rand(batch, length, generator=g) < 0.6] = m
     before = x.clone()
-    got = baselines.llada_unmask_step(logits, x, m, k)
+    got = baselines.llada_unmask_step(logits, x, m, torch.full((batch,), k))
     assert torch.equal(x, before)
     assert torch.equal(got, fastdiff.confidence_unmask_step(logits, x, mask_id=m, k=k))
     assert ((got != m) & (x == m)).sum(-1).tolist() == [k] * batch

@@ -14,8 +14,9 @@ that fastdiff's reference and kernels can be timed against what users run today:
   ``_ddpm_update`` / ``_ddpm_caching_update`` step with ``_sample_categorical``;
 - D3PM (Austin et al. 2021; google-research/d3pm ``diffusion_categorical.py`` and its PyTorch
   ports): ``q_sample`` with a dense cumulative matrix and clipped float32 Gumbel noise;
-- LLaDA (Nie et al. 2025; github ML-GSAI/LLaDA ``generate.py``): one low-confidence
-  remasking step with a per-sequence ``topk`` loop;
+- LLaDA (Nie et al. 2025; github ML-GSAI/LLaDA ``generate.py``): one inner-loop step of
+  ``generate`` with low-confidence remasking, op for op as LLaDA runs it today (softmax in the
+  logits' dtype, a per-sequence ``topk`` loop);
 - Diffusion-LM (Li et al. 2022; github XiangLi1999/Diffusion-LM, on improved-diffusion's
   ``gaussian_diffusion.py``): ``q_sample`` after the embedding lookup, the ``mse`` term of
   ``training_losses``, ``p_sample`` and ``ddim_sample`` through ``p_mean_variance``, and the
@@ -406,21 +407,38 @@ def d3pm_corrupt_dense(x0: torch.Tensor, qbar: torch.Tensor) -> torch.Tensor:
     return torch.argmax(logits + gumbel_noise, dim=-1)
 
 
-def llada_unmask_step(logits: torch.Tensor, x: torch.Tensor, mask_id: int, k: int) -> torch.Tensor:
-    """One step of LLaDA's ``generate`` (``remasking="low_confidence"``, temperature 0):
-    ``argmax`` proposals, a float64 softmax for the confidence ``p(x0)``, ``-inf`` off the mask,
-    then per sequence the ``k`` most confident positions are committed. ``logits [B, L, V]``,
-    ``x [B, L]``; returns new tokens (``x`` itself is not modified). Unlike fastdiff, LLaDA
-    does not exclude the mask column from the proposal."""
+def llada_unmask_step(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    mask_id: int,
+    num_transfer: torch.Tensor,
+    block_end: int | None = None,
+) -> torch.Tensor:
+    """One inner-loop step of LLaDA's ``generate`` for ``remasking="low_confidence"`` at
+    temperature 0 (its default), op for op as in ``generate.py`` since commit 8e01df8
+    (2025-10; the softmax runs in the logits' dtype since f51cb17, 2025-06: before it, in
+    float64). ``logits [B, L, V]`` (the model output, any float dtype), ``x [B, L]``,
+    ``num_transfer [B]`` (int64: this step's column of LLaDA's ``num_transfer_tokens``);
+    positions from ``block_end`` on are outside the current semi-autoregressive block
+    (default ``L``: one block, an empty slice that LLaDA assigns all the same).
+
+    The sequence: the mask of ``x``; ``add_gumbel_noise`` at temperature 0 returns the logits
+    themselves (no op); ``argmax`` proposals over every column, the mask included; ``softmax``
+    of the logits in their dtype and ``gather`` of the proposal's probability; ``-inf`` past
+    the block; keep ``x`` off the mask; confidence ``-inf`` off the mask; a boolean
+    ``zeros_like``; per sequence a ``topk`` of ``num_transfer[j]`` and an index write; the
+    boolean-indexed copy into ``x``. The one addition: ``x`` is cloned first (LLaDA writes it
+    in place), so the benchmark's shared inputs stay intact; returns the new tokens."""
     mask_index = x == mask_id
-    x0 = torch.argmax(logits, dim=-1)  # add_gumbel_noise(logits, temperature=0) is the logits
-    p = F.softmax(logits.to(torch.float64), dim=-1)
+    x0 = torch.argmax(logits, dim=-1)
+    p = F.softmax(logits, dim=-1)
     x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
+    x0_p[:, x.shape[1] if block_end is None else block_end :] = -torch.inf
     x0 = torch.where(mask_index, x0, x)
     confidence = torch.where(mask_index, x0_p, -torch.inf)
-    transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+    transfer_index = torch.zeros_like(x0, dtype=torch.bool, device=x0.device)
     for j in range(confidence.shape[0]):
-        _, select_index = torch.topk(confidence[j], k=k)
+        _, select_index = torch.topk(confidence[j], k=num_transfer[j])
         transfer_index[j, select_index] = True
     x = x.clone()
     x[transfer_index] = x0[transfer_index]

@@ -4,7 +4,11 @@ model, shared by ``fastdiff bench`` and the pytest-benchmark files of ``benchmar
 Providers of every case:
 
 - ``fastdiff``: the public op under the chosen backend (``auto`` by default: the Triton kernel
-  on CUDA where one is registered, the reference otherwise; results record which one ran);
+  on CUDA where one is registered, the native kernel on the CPU where the extension has one,
+  the reference otherwise; results record which one ran);
+- ``native``: the public op under ``fastdiff.use_backend("native")``: the C++ CPU kernel of
+  ``fastdiff._C`` (skipped, with the reason, where the extension is missing, the op has no
+  native kernel or the inputs are not on the CPU);
 - ``reference``: the public op under ``fastdiff.use_backend("reference")`` (eager PyTorch);
 - ``compile``: ``torch.compile`` of the op's flattened reference function
   (:mod:`fastdiff.reference`), called on the same inputs;
@@ -84,7 +88,7 @@ Inputs = dict[str, Any]
 
 FAMILIES = ("training", "noising", "sampling", "gaussian")
 BASELINE_STYLES = ("sedd", "mdlm", "d3pm", "llada", "diffusionlm")
-CORE_PROVIDERS = ("reference", "fastdiff", "compile")
+CORE_PROVIDERS = ("reference", "fastdiff", "native", "compile")
 
 TOKEN = 8  # int64 token id
 SCALAR = 4  # float32 per-row noise level / weight
@@ -285,6 +289,7 @@ def _unmask_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, gen: 
     seq = SEQ_LEN if shape.n % SEQ_LEN == 0 else shape.n
     d["logits"] = d["logits"].reshape(-1, seq, shape.v)
     d["x_t"] = d["x_t"].reshape(-1, seq)
+    d["num_transfer"] = torch.full((shape.n // seq,), UNMASK_K, dtype=torch.long, device=device)
     return d
 
 
@@ -618,7 +623,7 @@ CASES: tuple[Case, ...] = (
         reference_args=lambda d: (d["logits"], d["x_t"], d["mask_id"], UNMASK_K),
         traffic=_masked_step_bytes(scalars=0),
         baseline=Baseline("llada", lambda d: baselines.llada_unmask_step(
-            d["logits"], d["x_t"], d["mask_id"], UNMASK_K)),
+            d["logits"], d["x_t"], d["mask_id"], d["num_transfer"])),
     ),
     Case(
         "d3pm_step", "sampling", "fwd", DENSE, "d3pm_step",

@@ -5,6 +5,7 @@ table, write JSON (schema: fastdiff.bench.report) and a PNG plot under --out (de
 Examples:
 
     fastdiff bench --quick                         # every op, small CPU shapes, < 1 minute
+    fastdiff bench --ops sampling --threads 1 all  # the CPU at one thread and at all of them
     fastdiff bench --ops training --dtype bfloat16 # the loss family on the GPU
     fastdiff bench --ops score_entropy_absorb --shapes 16384x50258 --providers fastdiff sedd
     fastdiff bench --compare A.json B.json         # ratio table of two result files
@@ -29,6 +30,11 @@ from fastdiff.bench.shapes import CPU_DTYPES, DTYPES, GPU_DTYPES, TIERS, dtype_n
 from fastdiff.cli_support import check_writable, execute, parse_device, parser_text
 
 PROVIDER_CHOICES = (*cases.CORE_PROVIDERS, "baseline", *cases.BASELINE_STYLES)
+# On the CPU `fastdiff` (auto) runs the native kernel or the reference, both timed already.
+DEFAULT_PROVIDERS = {
+    "cpu": ["native", "reference", "compile", "baseline"],
+    "cuda": ["fastdiff", "reference", "compile", "baseline"],
+}
 DEFAULT_OUT = Path("fastdiff_bench")  # in the current directory, not in a checkout's tree
 
 
@@ -45,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="P",
         choices=PROVIDER_CHOICES,
-        default=["fastdiff", "reference", "compile", "baseline"],
-        help="fastdiff, reference, compile, baseline (= each op's public-style baseline) or a "
-        f"baseline style ({', '.join(cases.BASELINE_STYLES)}); default: all",
+        help="fastdiff, native, reference, compile, baseline (= each op's public-style "
+        f"baseline) or a baseline style ({', '.join(cases.BASELINE_STYLES)}); default: native "
+        "reference compile baseline on the CPU, fastdiff reference compile baseline on CUDA",
     )
     parser.add_argument(
         "--dtype",
@@ -65,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small shapes, short timing loops, no torch.compile (< 1 min on a 2-core CPU)",
+        help="small shapes, short timing loops, no torch.compile, one thread on the CPU "
+        "(< 1 min on a 2-core CPU)",
     )
     parser.add_argument(
         "--shapes",
@@ -87,8 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
-        help="torch CPU threads (default: 1 with --quick on the CPU, torch's default otherwise)",
+        nargs="+",
+        type=_thread_count,
+        metavar="T",
+        help="torch CPU thread counts, each timed in the same run: numbers or 'all' (torch's "
+        f"default, {torch.get_num_threads()} here); default: 1 with --quick on the CPU, 1 all "
+        "without, torch's default on CUDA",
     )
     parser.add_argument(
         "--out",
@@ -116,10 +127,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _thread_count(text: str) -> int:
+    """One ``--threads`` value: a count >= 1, or ``all`` (torch's default thread count)."""
+    if text == "all":
+        return torch.get_num_threads()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a thread count or 'all': {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {count}")
+    return count
+
+
+def _threads(requested: list[int] | None, device: torch.device, quick: bool) -> list[int]:
+    """The thread counts to time, in order, without repeats (``--threads`` or its default)."""
+    if requested:
+        return list(dict.fromkeys(requested))
+    if device.type == "cuda":
+        return [torch.get_num_threads()]
+    return list(dict.fromkeys([1] if quick else [1, torch.get_num_threads()]))
+
+
 def _list() -> str:
-    lines = [f"{'op':<28} {'family':<9} {'pass':<8} providers"]
+    width = report.OP_WIDTH
+    lines = [f"{'op':<{width}} {'family':<9} {'pass':<8} providers"]
     for c in cases.CASES:
-        lines.append(f"{c.name:<28} {c.family:<9} {c.what:<8} {' '.join(c.providers)}")
+        lines.append(f"{c.name:<{width}} {c.family:<9} {c.what:<8} {' '.join(c.providers)}")
     return "\n".join(lines)
 
 
@@ -154,8 +188,6 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_list())
         return 0
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_writable(args.out)
     if args.model:
         from fastdiff.bench import throughput_model
@@ -164,13 +196,7 @@ def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA events and do_bench use the current device
-    threads = torch.get_num_threads()
-    if args.threads or (args.quick and device.type == "cpu"):
-        torch.set_num_threads(args.threads or 1)
-    try:
-        return _bench(args, device)
-    finally:
-        torch.set_num_threads(threads)
+    return _bench(args, device)
 
 
 def _bench(args: argparse.Namespace, device: torch.device) -> int:
@@ -181,7 +207,9 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     )
     tier, shapes = _shapes(args.shapes, device, args.quick)
     selected = cases.select(args.ops)
-    plans = runner.plan(selected, set(args.providers), dtypes, tier, shapes)
+    providers = args.providers or DEFAULT_PROVIDERS["cuda" if device.type == "cuda" else "cpu"]
+    threads = _threads(args.threads, device, args.quick)
+    plans = runner.plan(selected, set(providers), dtypes, tier, shapes)
     if not plans:
         print("nothing to run: no op has the chosen providers and dtypes", file=sys.stderr)
         return 2
@@ -198,7 +226,7 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
         return 2
 
     bar = tqdm(
-        total=sum(len(p.providers) for p in plans) + 1,
+        total=len(threads) * sum(len(p.providers) for p in plans) + 1,
         desc="fastdiff bench",
         unit="run",
         file=sys.stderr,
@@ -206,13 +234,15 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
         dynamic_ncols=True,
     )
     bar.set_postfix_str("peak: copy and matmul")
-    measured = peak.measure(device, dtypes, args.quick)
+    with runner.torch_threads(max(threads)):  # the limit of the run's widest thread count
+        measured = peak.measure(device, dtypes, args.quick)
     bar.update()
     results = runner.run(
         plans,
         device,
         measured,
         quick=args.quick,
+        threads=threads,
         backend_choice=args.backend,
         checks=args.value_checks,
         progress=bar,
@@ -224,8 +254,9 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
         "backend": args.backend,
         "value_checks": args.value_checks,
         "ops": [c.name for c in selected],
-        "providers": list(args.providers),
+        "providers": list(providers),
         "dtypes": [dtype_name(d) for d in dtypes],
+        "threads": threads,
     }
     doc = report.document(results, measured, device, settings, args.command_line)
     print(report.header(doc))

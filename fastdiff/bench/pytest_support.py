@@ -11,7 +11,8 @@ compile), so it runs only with ``--benchmark-enable``.
 Smoke runs keep fastdiff's value checks on (so they also validate every case's inputs); timed
 runs (``--benchmark-enable``) turn them off, as ``fastdiff bench`` does, and use
 ``benchmark.pedantic`` with a CUDA synchronization inside the timed call. ``extra_info``
-carries the shape, provider, backend, the byte and flop models and the resulting GB/s. For
+carries the shape, provider, torch's CPU thread count, backend, the byte and flop models and
+the resulting GB/s. For
 CUDA-event timings, rotation of inputs and the roofline percentages, use ``fastdiff bench``.
 """
 
@@ -83,6 +84,7 @@ def run_benchmark(benchmark, case: Case, shape: Shape, dtype: torch.dtype, provi
         shape=shape.as_dict(),
         dtype=dtype_name(dtype),
         provider=provider,
+        threads=torch.get_num_threads(),
         backend=bound.backend,
         bytes=nbytes,
         flops=case.flops(shape),

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 import fastdiff
-from fastdiff import backend
+from fastdiff import _extension, backend
 from fastdiff.bench.cases import Case, Inputs
 from fastdiff.bench.peak import Peak
 from fastdiff.bench.shapes import Shape, dtype_name
@@ -37,7 +37,7 @@ class Skip(Exception):
 class Bound:
     """A provider of a case bound to its input sets: ``call()`` runs it once (rotating sets)."""
 
-    backend: str  # what ran: triton, reference, inductor (torch.compile) or eager (baseline)
+    backend: str  # what ran: triton, native, reference, inductor (compile), eager (baseline)
     call: Callable[[], object]
 
 
@@ -72,13 +72,29 @@ def _bind_inputs(case: Case, fn: Callable[[Inputs], object], inputs: Inputs):
 
 
 def resolved_backend(case: Case, device: torch.device, choice: str) -> str:
-    """``"triton"`` or ``"reference"``: what the public op runs under backend ``choice``."""
+    """``"triton"``, ``"native"`` or ``"reference"``: what the public op runs under backend
+    ``choice``; :class:`Skip` (with :func:`fastdiff.backend.resolve`'s reason) where ``choice``
+    cannot run it (no kernel for the op, the extension missing, the wrong device)."""
     try:
         with fastdiff.use_backend(choice):
             impl = backend.resolve(case.kernel, case.reference, device)
     except (RuntimeError, NotImplementedError) as err:
         raise Skip(str(err)) from err
-    return "reference" if impl is case.reference else "triton"
+    if impl is case.reference:
+        return "reference"
+    return "native" if impl is backend.native_kernel(case.kernel) else "triton"
+
+
+def native_skip(case: Case, device: torch.device) -> str | None:
+    """Why the ``native`` provider cannot run ``case`` on ``device`` (one wording per cause, so
+    that the table lists each once), or None when it can."""
+    if device.type != "cpu":
+        return f"native kernels run on CPU tensors, not {device.type}"
+    if not backend.native_available():
+        return f"fastdiff._C is not available ({_extension.missing_reason()})"
+    if case.kernel not in backend.registered_natives():
+        return f"no native kernel for the op (native: {', '.join(backend.registered_natives())})"
+    return None
 
 
 def _compiled(case: Case) -> Callable[[Inputs], object]:
@@ -97,12 +113,17 @@ def bind(
     compile_skip: str | None = None,
 ) -> Bound:
     """Bind ``provider`` of ``case`` to ``input_sets``; raises :class:`Skip` when it cannot run
-    (``compile_skip`` given, torch.compile failing, the Triton backend unavailable)."""
+    (``compile_skip`` given, torch.compile failing, the Triton or native kernel unavailable)."""
     if provider == "reference":
         fn, ran = _with_backend("reference", case.public), "reference"
     elif provider == "fastdiff":
         ran = resolved_backend(case, device, backend_choice)
         fn = _with_backend(backend_choice, case.public)
+    elif provider == "native":
+        reason = native_skip(case, device)
+        if reason:
+            raise Skip(reason)
+        fn, ran = _with_backend("native", case.public), "native"
     elif provider == "compile":
         if compile_skip:
             raise Skip(compile_skip)
@@ -127,7 +148,7 @@ def bind(
 
 @dataclass
 class Result:
-    """One (op, shape, dtype, provider) measurement; the JSON row of :mod:`.report`."""
+    """One (op, shape, dtype, provider, threads) measurement; the JSON row of :mod:`.report`."""
 
     op: str
     what: str
@@ -137,6 +158,7 @@ class Result:
     provider: str
     bytes: int
     flops: int
+    threads: int  # torch CPU threads while timed
     backend: str | None = None
     median_ms: float | None = None
     reps: int | None = None
@@ -231,6 +253,7 @@ def _new_result(p: Plan, provider: str) -> Result:
         provider,
         case.bytes(p.shape, p.dtype),
         case.flops(p.shape),
+        torch.get_num_threads(),
     )
 
 
@@ -285,45 +308,60 @@ def value_checks(enabled: bool) -> Iterator[None]:
         fastdiff.set_value_checks(old)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``count`` for the block."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def run(
     plans: list[Plan],
     device: torch.device,
     peak: Peak,
     *,
     quick: bool,
+    threads: list[int] | None = None,
     backend_choice: str = "auto",
     checks: bool = False,
     progress: Progress | None = None,
 ) -> list[Result]:
-    """Time every plan's providers, reporting each measurement to ``progress``."""
+    """Time every plan's providers at each torch CPU thread count of ``threads`` (default: the
+    current one), reporting each measurement to ``progress``; speedups compare the providers
+    of one plan at one thread count."""
     budget = QUICK_CPU if quick else FULL_CPU
     compile_skip = COMPILE_SKIP_QUICK if quick else None
+
+    def measure(p: Plan, provider: str, input_sets: list[Inputs], reason: str | None) -> Result:
+        if progress:
+            label = f"{p.case.name} {p.shape} {dtype_name(p.dtype)}"
+            progress.set_postfix_str(f"{label} {provider} {torch.get_num_threads()}t")
+        if input_sets:
+            result = _measure(p, provider, input_sets, device, budget, backend_choice, compile_skip)
+        else:
+            result = _new_result(p, provider)
+            result.skipped_reason = reason
+        if progress:
+            progress.update()
+        return result
+
     results: list[Result] = []
     with value_checks(checks):
         for p in plans:
-            label = f"{p.case.name} {p.shape} {dtype_name(p.dtype)}"
             reason = None
             try:
                 input_sets = make_input_sets(p.case, p.shape, p.dtype, device)
             except Exception as err:  # e.g. out of memory at a large shape
                 input_sets, reason = [], f"inputs: {_summary(err)}"
-            group = []
-            for provider in p.providers:
-                if progress:
-                    progress.set_postfix_str(f"{label} {provider}")
-                if input_sets:
-                    group.append(
-                        _measure(
-                            p, provider, input_sets, device, budget, backend_choice, compile_skip
-                        )
-                    )
-                else:
-                    group.append(_new_result(p, provider))
-                    group[-1].skipped_reason = reason
-                if progress:
-                    progress.update()
-            derive(group, peak, p.case.baseline.style if p.case.baseline else None)
-            results.extend(group)
+            for count in threads or [torch.get_num_threads()]:
+                with torch_threads(count):
+                    group = [measure(p, prov, input_sets, reason) for prov in p.providers]
+                derive(group, peak, p.case.baseline.style if p.case.baseline else None)
+                results.extend(group)
             del input_sets
             if device.type == "cuda":
                 torch.cuda.empty_cache()
