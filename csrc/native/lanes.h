@@ -1,12 +1,11 @@
-// Vectorized lane loops of the noising and Gaussian kernels: Philox4x32-10 over blocks of
-// counters, and branch-free float64 log / expm1 / sincos for the Box-Muller normal and the
-// noising threshold 1 - e^-sigma.
+// Vectorized lane loops of the noising and Gaussian kernels (lanes.cpp): Philox4x32-10 over
+// blocks of kLanes counters, and branch-free float64 log / expm1 / sincos for the Box-Muller
+// normal and the noising threshold 1 - e^-sigma.
 //
 // The functions compute the numbers of fastdiff/random.py (same words, same float64 formulas);
 // the transcendentals are polynomial (fdlibm / musl algorithms, under 1 ulp) instead of torch's
 // SLEEF, so a value can differ from the reference's in the last bit or two of float64. They are
-// written without branches or calls so that a loop over kLanes lanes vectorizes (GCC turns the
-// 32x32 -> 64-bit Philox products into vpmuludq and the selects into blends).
+// written without branches or calls so that a loop over kLanes lanes vectorizes.
 #pragma once
 
 #include <cstdint>
@@ -15,47 +14,12 @@
 
 namespace fastdiff::native {
 
-// Counters per block of the lane loops.
-constexpr int kLanes = 16;
+// Counters per block of the lane loops (a multiple of 8: whole AVX-512 registers; 32 keeps four
+// independent Philox chains in flight).
+constexpr int kLanes = 32;
 
 inline double as_double(uint64_t bits) { return __builtin_bit_cast(double, bits); }
 inline uint64_t as_bits(double x) { return __builtin_bit_cast(uint64_t, x); }
-
-// Philox4x32-10 of kLanes counters (c0[l], c1[l], off_lo, off_hi) under the key of `s`; the words
-// of lane l go to r0[l] .. r3[l] (the same words as Stream::philox, lane by lane).
-__attribute__((always_inline)) inline void philox_lanes(const Stream& s, const uint32_t* c0_in, const uint32_t* c1_in,
-                         uint32_t* r0, uint32_t* r1, uint32_t* r2, uint32_t* r3) {
-  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    c0[l] = c0_in[l];
-    c1[l] = c1_in[l];
-    c2[l] = s.off_lo;
-    c3[l] = s.off_hi;
-  }
-  uint32_t a = s.k0, b = s.k1;
-  for (int r = 0; r < kPhiloxRounds; ++r) {
-    if (r) {
-      a += kPhiloxW0;
-      b += kPhiloxW1;
-    }
-    for (int l = 0; l < kLanes; ++l) {
-      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[l];
-      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[l];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ a;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ b;
-      c1[l] = static_cast<uint32_t>(p1);
-      c3[l] = static_cast<uint32_t>(p0);
-      c0[l] = n0;
-      c2[l] = n2;
-    }
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    r0[l] = c0[l];
-    r1[l] = c1[l];
-    r2[l] = c2[l];
-    r3[l] = c3[l];
-  }
-}
 
 // log(x) for a positive normal finite x (musl / fdlibm e_log.c without its branches): x = 2^k m
 // with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f),
@@ -114,7 +78,8 @@ __attribute__((always_inline)) inline double one_minus_exp_neg(double sigma) {
 // cos and sin of a Box-Muller angle a in (0, 2 pi): q = round(2a / pi) (0..4), r = a - q pi/2
 // as a double-double (pi/2 in three parts of 33, 33 and 53 bits, so q p1 and q p2 are exact), then
 // fdlibm's __kernel_cos / __kernel_sin on [-pi/4, pi/4] and the quadrant's signs. Error < 1 ulp.
-__attribute__((always_inline)) inline void sincos_angle(double a, double& cos_out, double& sin_out) {
+__attribute__((always_inline)) inline void sincos_angle(double a, double& cos_out,
+                                                      double& sin_out) {
   constexpr double two_over_pi = 6.36619772367581382433e-01;
   constexpr double p1 = 1.57079632673412561417e+00, p2 = 6.07710050630396597660e-11,
                    p2t = 2.02226624879595063154e-21;

@@ -27,7 +27,8 @@ at::Tensor checked_mask(const std::optional<at::Tensor>& mask, int64_t n, const 
 
 at::Tensor checked_tokens(const at::Tensor& x0) {
   check_cpu(x0, "x0");
-  TORCH_CHECK(x0.scalar_type() == at::kLong && x0.dim() == 1, "fastdiff_native: x0 must be int64 [N]");
+  TORCH_CHECK(x0.scalar_type() == at::kLong && x0.dim() == 1,
+              "fastdiff_native: x0 must be int64 [N]");
   return x0.contiguous();
 }
 
@@ -42,8 +43,10 @@ at::Tensor corrupt(const at::Tensor& x0, const at::Tensor& sigma,
   TORCH_CHECK(sigma.numel() == n, "fastdiff_native: sigma must have N entries");
   const at::Tensor sig = sigma.reshape({-1}).to(at::kDouble).contiguous();
   const at::Tensor fix = checked_mask(fixed, n, "fixed");
-  TORCH_CHECK(vocab >= 1 && vocab < (int64_t{1} << 31), "fastdiff_native: vocab must be in [1, 2^31)");
-  TORCH_CHECK(!absorb || (mask_id >= 0 && mask_id < vocab), "fastdiff_native: mask_id out of range");
+  TORCH_CHECK(vocab >= 1 && vocab < (int64_t{1} << 31),
+              "fastdiff_native: vocab must be in [1, 2^31)");
+  TORCH_CHECK(!absorb || (mask_id >= 0 && mask_id < vocab),
+              "fastdiff_native: mask_id out of range");
   at::Tensor out = at::empty({n}, x.options());
   const Stream s(seed, offset);
   const int64_t* xp = x.const_data_ptr<int64_t>();

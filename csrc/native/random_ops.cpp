@@ -25,7 +25,8 @@ enum class Kind { kUniform, kExponential, kNormal };
 Kind parse_kind(c10::string_view kind) {
   if (kind == "uniform") return Kind::kUniform;
   if (kind == "exponential") return Kind::kExponential;
-  TORCH_CHECK(kind == "normal", "fastdiff_native: kind must be uniform, exponential or normal, got ",
+  TORCH_CHECK(kind == "normal",
+              "fastdiff_native: kind must be uniform, exponential or normal, got ",
               std::string(kind));
   return Kind::kNormal;
 }
