@@ -192,3 +192,21 @@ def test_bad_inputs_raise_the_public_errors():
             fastdiff.ddim_step(x, x[:1], alpha_bar=0.5, alpha_bar_next=0.6, seed=0)
         with pytest.raises(ValueError):
             fastdiff.ddim_step(x, x, alpha_bar=0.5, alpha_bar_next=0.6, eta=-1.0, seed=0)
+
+
+def test_non_contiguous_inputs():
+    base = tensor((33, 4, 5), torch.float32, 1)
+    x0 = base.transpose(0, 1)  # [4, 33, 5] with strides of [33, 4, 5]
+    table = tensor((6, 40), torch.float32, 2)[:, ::2]  # [6, 20], row stride 40
+    ids = torch.randint(0, 6, (9, 4), generator=torch.Generator().manual_seed(0)).t()
+    for args, kwargs in (
+        ((x0,), dict(alpha_bar=0.3, seed=1)),
+        ((ids,), dict(alpha_bar=0.6, embedding=table, seed=2)),
+    ):
+        native, reference = both(fastdiff.add_noise_gaussian, *args, **kwargs)
+        for a, e in zip(native, reference, strict=True):
+            assert_matches(a, e, exact=False)
+    out = tensor((33, 4, 5), torch.float32, 3).transpose(0, 1)
+    for fn, kw in ((fastdiff.ddpm_step, {}), (fastdiff.ddim_step, dict(eta=0.5))):
+        native, reference = both(fn, out, x0, alpha_bar=0.3, alpha_bar_next=0.5, seed=4, **kw)
+        assert_matches(native, reference, exact=False)

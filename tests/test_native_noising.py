@@ -141,3 +141,22 @@ def test_bad_inputs_raise_the_public_errors():
             fastdiff.add_noise_dense(x0, torch.full((4, 4), 0.25), seed=0)
         with pytest.raises(ValueError):
             fastdiff.add_noise_dense(x0, torch.full((8, 8), 0.5), seed=0)
+
+
+def test_non_contiguous_inputs():
+    gen = torch.Generator().manual_seed(5)
+    q = torch.rand(300, 300, generator=gen, dtype=torch.float64)
+    q /= q.sum(-1, keepdim=True)
+    wide = torch.zeros(300, 600, dtype=torch.float64)
+    wide[:, ::2] = q
+    x0 = torch.randint(0, 300, (40, 6), generator=gen)
+    sigma = torch.rand(6, 40, generator=gen).t()  # per position, transposed
+    fixed = (torch.rand(6, 40, generator=gen) < 0.3).t()
+    for args, kwargs in (
+        ((x0.t().t(),), dict(sigma=sigma, graph="uniform", vocab_size=300, fixed=fixed, seed=3)),
+        ((x0[:, ::2],), dict(sigma=0.7, graph="absorb", vocab_size=300, mask_id=0, seed=3)),
+    ):
+        native, reference = both(fastdiff.add_noise, *args, **kwargs)
+        assert torch.equal(native, reference)
+    native, reference = both(fastdiff.add_noise_dense, x0[:, ::2], wide[:, ::2], seed=8)
+    assert torch.equal(native, reference)
