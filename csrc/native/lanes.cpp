@@ -201,13 +201,13 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void normal_row(con
   }
 }
 
-// corrupt_rows on the kLanes rows row0 + l; `fixed` holds 0 / 1 per lane.
-__attribute__((always_inline)) static inline void corrupt_block(const Stream& s, uint32_t row0,
-                                                                const int64_t* x0,
-                                                                const double* sigma,
-                                                                const uint8_t* fixed,
-                                                                uint64_t vocab, int64_t mask_id,
-                                                                int64_t* out) {
+// corrupt_rows on the kLanes rows row0 + l; `fixed` holds 0 / 1 per lane. kAbsorb: moved rows
+// take mask_id; else their integer uniform on [0, vocab).
+template <bool kAbsorb>
+__attribute__((always_inline)) inline void corrupt_block(const Stream& s, uint32_t row0,
+                                                         const int64_t* x0, const double* sigma,
+                                                         const uint8_t* fixed, uint32_t vocab,
+                                                         int64_t mask_id, int64_t* out) {
   uint32_t c0[kLanes], c1[kLanes], r0[kLanes], r1[kLanes], r2[kLanes], r3[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     c0[l] = 0;
@@ -219,23 +219,29 @@ __attribute__((always_inline)) static inline void corrupt_block(const Stream& s,
   for (int l = 0; l < kLanes; ++l) {
     const uint64_t k = (static_cast<uint64_t>(r0[l]) << 20) | (r1[l] >> 12);
     const double u = ((as_double(kTwo52Bits | k) - 0x1p52) + 0.5) * 0x1p-52;
-    // floor((r2 2^32 + r3) vocab / 2^64), exactly
-    const int64_t index = static_cast<int64_t>((r2[l] * vocab + ((r3[l] * vocab) >> 32)) >> 32);
-    const int64_t moved = mask_id >= 0 ? mask_id : index;
+    int64_t moved = mask_id;
+    if constexpr (!kAbsorb) {
+      // floor((r2 2^32 + r3) vocab / 2^64), exactly (32 x 32 -> 64-bit products)
+      const uint64_t hi = static_cast<uint64_t>(r2[l]) * vocab;
+      const uint64_t lo = static_cast<uint64_t>(r3[l]) * vocab;
+      moved = static_cast<int64_t>((hi + (lo >> 32)) >> 32);
+    }
     const int64_t move = -static_cast<int64_t>(u < one_minus_exp_neg(sigma[l])) & ~keep[l];
     out[l] = (moved & move) | (x0[l] & ~move);
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void corrupt_rows(
-    const Stream& s, const int64_t* x0, const double* sigma, const bool* fixed, int64_t begin,
-    int64_t end, int64_t vocab, int64_t mask_id, int64_t* out) {
-  const uint64_t v = static_cast<uint64_t>(vocab);
+template <bool kAbsorb>
+__attribute__((always_inline)) inline void corrupt_span(const Stream& s, const int64_t* x0,
+                                                        const double* sigma, const bool* fixed,
+                                                        int64_t begin, int64_t end, uint32_t vocab,
+                                                        int64_t mask_id, int64_t* out) {
   uint8_t no_fixed[kLanes] = {};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     const uint8_t* f = fixed ? reinterpret_cast<const uint8_t*>(fixed + i) : no_fixed;
-    corrupt_block(s, static_cast<uint32_t>(i), x0 + i, sigma + i, f, v, mask_id, out + i);
+    corrupt_block<kAbsorb>(s, static_cast<uint32_t>(i), x0 + i, sigma + i, f, vocab, mask_id,
+                           out + i);
   }
   if (i < end) {  // the last rows, through padded copies
     int64_t x0_tail[kLanes] = {}, out_tail[kLanes];
@@ -245,9 +251,20 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void corrupt_rows(
     std::copy(x0 + i, x0 + end, x0_tail);
     std::copy(sigma + i, sigma + end, sigma_tail);
     if (fixed) std::copy(fixed + i, fixed + end, fixed_tail);
-    corrupt_block(s, static_cast<uint32_t>(i), x0_tail, sigma_tail, fixed_tail, v, mask_id,
-                  out_tail);
+    corrupt_block<kAbsorb>(s, static_cast<uint32_t>(i), x0_tail, sigma_tail, fixed_tail, vocab,
+                           mask_id, out_tail);
     std::copy(out_tail, out_tail + n, out + i);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void corrupt_rows(
+    const Stream& s, const int64_t* x0, const double* sigma, const bool* fixed, int64_t begin,
+    int64_t end, int64_t vocab, int64_t mask_id, int64_t* out) {
+  const uint32_t v = static_cast<uint32_t>(vocab);
+  if (mask_id >= 0) {
+    corrupt_span<true>(s, x0, sigma, fixed, begin, end, v, mask_id, out);
+  } else {
+    corrupt_span<false>(s, x0, sigma, fixed, begin, end, v, mask_id, out);
   }
 }
 
