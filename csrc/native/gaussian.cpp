@@ -78,6 +78,26 @@ inline T round_noise(double z) {
   }
 }
 
+// One q_sample row with drawn noise: eps[j] = T(z[j]), out[j] = T(ca CT(src[j]) + cb CT(eps[j])).
+template <typename T, typename CT>
+void combine_drawn(const T* __restrict src, const double* __restrict z, int64_t h, CT ca, CT cb,
+                   T* __restrict eps, T* __restrict out) {
+  for (int64_t j = 0; j < h; ++j) {
+    const T e = round_noise<T>(z[j]);
+    eps[j] = e;
+    out[j] = static_cast<T>(ca * static_cast<CT>(src[j]) + cb * static_cast<CT>(e));
+  }
+}
+
+// One q_sample row with given CT noise: out[j] = T(ca CT(src[j]) + cb noise[j]).
+template <typename T, typename CT>
+void combine_given(const T* __restrict src, const CT* __restrict noise, int64_t h, CT ca, CT cb,
+                   T* __restrict out) {
+  for (int64_t j = 0; j < h; ++j) {
+    out[j] = static_cast<T>(ca * static_cast<CT>(src[j]) + cb * noise[j]);
+  }
+}
+
 // q_sample rows: src row i = table[ids[i]] (ids given) or x0[i]; with coef row (ca, cb) =
 // (sqrt(abar), sqrt(1 - abar)), x_t = T(ca CT(src) + cb CT(eps)), eps the given CT noise or T(z);
 // fixed rows: x_t = src, drawn eps = 0. clean (when given) receives the src rows.
@@ -98,17 +118,10 @@ void q_sample_rows(const T* x0, const int64_t* ids, const CT* coef, const CT* no
       }
       const CT ca = coef[2 * i], cb = coef[2 * i + 1];
       if (noise != nullptr) {
-        const CT* nz = noise + i * h;
-        for (int64_t j = 0; j < h; ++j) {
-          out[j] = static_cast<T>(ca * static_cast<CT>(src[j]) + cb * nz[j]);
-        }
+        combine_given(src, noise + i * h, h, ca, cb, out);
       } else {
         normal_row(s, i, h, z.data());
-        T* e = eps + i * h;
-        for (int64_t j = 0; j < h; ++j) {
-          e[j] = round_noise<T>(z[j]);
-          out[j] = static_cast<T>(ca * static_cast<CT>(src[j]) + cb * static_cast<CT>(e[j]));
-        }
+        combine_drawn(src, z.data(), h, ca, cb, eps + i * h, out);
       }
     }
   });
@@ -168,6 +181,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q_sample(
   return {x_t, eps, clean};
 }
 
+// One DDPM row: r[j] = T(cx CT(x[j]) + co o[j] + sd CT(z[j])), z the CT noise or the float64
+// draw.
+template <typename T, typename CT, typename Z>
+void ddpm_row(const T* __restrict x, const CT* __restrict o, const Z* __restrict z, int64_t h,
+              CT cx, CT co, CT sd, T* __restrict r) {
+  for (int64_t j = 0; j < h; ++j) {
+    r[j] = static_cast<T>(cx * static_cast<CT>(x[j]) + co * o[j] + sd * static_cast<CT>(z[j]));
+  }
+}
+
 // DDPM rows with coef row (c_xt, c_out, sigma): new = T(c_xt CT(x_t) + c_out out + sigma CT(z)),
 // z the given CT noise or the float64 draw; fixed rows keep x_t.
 template <typename T, typename CT>
@@ -182,33 +205,38 @@ void ddpm_rows(const CT* out, const T* x_t, const CT* coef, const CT* noise, con
         std::copy(x, x + h, r);
         continue;
       }
-      const CT* o = out + i * h;
-      const CT cx = coef[3 * i], co = coef[3 * i + 1], sd = coef[3 * i + 2];
+      const CT* c = coef + 3 * i;
       if (noise != nullptr) {
-        const CT* nz = noise + i * h;
-        for (int64_t j = 0; j < h; ++j) {
-          r[j] = static_cast<T>(cx * static_cast<CT>(x[j]) + co * o[j] + sd * nz[j]);
-        }
+        ddpm_row(x, out + i * h, noise + i * h, h, c[0], c[1], c[2], r);
       } else {
         normal_row(s, i, h, z.data());
-        for (int64_t j = 0; j < h; ++j) {
-          r[j] = static_cast<T>(cx * static_cast<CT>(x[j]) + co * o[j] +
-                                sd * static_cast<CT>(z[j]));
-        }
+        ddpm_row(x, out + i * h, z.data(), h, c[0], c[1], c[2], r);
       }
     }
   });
 }
 
-// DDIM rows with coef row (c1, c2, ca, cd, cs): d = (CT(x_t) - c1 out) c2 is x0_hat (eps
-// prediction; eps = out) or eps (x0 prediction; x0_hat = out); new = ca x0_hat + cd eps, then
-// + cs z when `stochastic`; fixed rows keep x_t.
+// One DDIM row with coefficients k = (c1, c2, ca, cd, cs): d = (CT(x[j]) - c1 o[j]) c2 is x0_hat
+// (eps prediction; eps = o) or eps (x0 prediction; x0_hat = o); r[j] = T(ca x0_hat + cd eps),
+// plus cs CT(z[j]) when z is given (the CT noise or the float64 draw).
+template <typename T, typename CT, bool kEpsPrediction, typename Z>
+void ddim_row(const T* __restrict x, const CT* __restrict o, const Z* __restrict z, int64_t h,
+              const CT* k, T* __restrict r) {
+  const CT c1 = k[0], c2 = k[1], ca = k[2], cd = k[3], cs = k[4];
+  for (int64_t j = 0; j < h; ++j) {
+    const CT d = (static_cast<CT>(x[j]) - c1 * o[j]) * c2;
+    const CT v = kEpsPrediction ? ca * d + cd * o[j] : ca * o[j] + cd * d;
+    r[j] = static_cast<T>(z != nullptr ? v + cs * static_cast<CT>(z[j]) : v);
+  }
+}
+
+// DDIM rows with coef rows (c1, c2, ca, cd, cs) (ddim_row); the noise term only when
+// `stochastic`; fixed rows keep x_t.
 template <typename T, typename CT, bool kEpsPrediction>
 void ddim_rows(const CT* out, const T* x_t, const CT* coef, bool stochastic, const CT* noise,
                const bool* fixed, int64_t n, int64_t h, const Stream& s, T* result) {
   at::parallel_for(0, n, row_grain(h), [&](int64_t begin, int64_t end) {
     std::vector<double> z(noise == nullptr && stochastic ? h : 0);
-    std::vector<CT> zc(stochastic ? h : 0);
     for (int64_t i = begin; i < end; ++i) {
       const T* x = x_t + i * h;
       T* r = result + i * h;
@@ -218,26 +246,13 @@ void ddim_rows(const CT* out, const T* x_t, const CT* coef, bool stochastic, con
       }
       const CT* o = out + i * h;
       const CT* k = coef + 5 * i;
-      const CT c1 = k[0], c2 = k[1], ca = k[2], cd = k[3], cs = k[4];
       if (!stochastic) {
-        for (int64_t j = 0; j < h; ++j) {
-          const CT d = (static_cast<CT>(x[j]) - c1 * o[j]) * c2;
-          r[j] = static_cast<T>(kEpsPrediction ? ca * d + cd * o[j] : ca * o[j] + cd * d);
-        }
-        continue;
-      }
-      const CT* nz = noise;
-      if (noise != nullptr) {
-        nz = noise + i * h;
+        ddim_row<T, CT, kEpsPrediction, CT>(x, o, nullptr, h, k, r);
+      } else if (noise != nullptr) {
+        ddim_row<T, CT, kEpsPrediction>(x, o, noise + i * h, h, k, r);
       } else {
         normal_row(s, i, h, z.data());
-        for (int64_t j = 0; j < h; ++j) zc[j] = static_cast<CT>(z[j]);
-        nz = zc.data();
-      }
-      for (int64_t j = 0; j < h; ++j) {
-        const CT d = (static_cast<CT>(x[j]) - c1 * o[j]) * c2;
-        const CT v = kEpsPrediction ? ca * d + cd * o[j] : ca * o[j] + cd * d;
-        r[j] = static_cast<T>(v + cs * nz[j]);
+        ddim_row<T, CT, kEpsPrediction>(x, o, z.data(), h, k, r);
       }
     }
   });
