@@ -47,7 +47,12 @@ def _extension() -> dict:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return _skip(f"no C++ compiler ({compiler!r} not found)")
-    ext = cpp_extension.CppExtension("fastdiff._C", SOURCES, extra_compile_args=["-O3"])
+    # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so without it the
+    # native kernels run on one thread; the libgomp it links is torch's (same soname, already
+    # loaded), so torch.set_num_threads applies.
+    ext = cpp_extension.CppExtension(
+        "fastdiff._C", SOURCES, extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"]
+    )
 
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's builder; a failed compile installs the pure-Python package unless required."""
