@@ -12,8 +12,9 @@
 // float64 bit and that moves a rounding of the output.
 #include <torch/library.h>
 
-#include <cmath>
+#include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"

@@ -6,6 +6,7 @@
 //
 // No FMA contraction: every ISA rounds the same operations, so the noise does not depend on the
 // machine.
+//
 // GCC 12 reports its own _mm512_undefined_* placeholders as uninitialized (a false positive,
 // GCC bug 105593) at every AVX-512 intrinsic inlined here.
 #pragma GCC diagnostic push
@@ -32,7 +33,8 @@ using PhiloxLanes = void (*)(const Stream&, const uint32_t*, const uint32_t*, ui
 using SqrtLanes = void (*)(double*);
 
 // AVX-512: 8 counters per register, one per 64-bit lane (vpmuludq multiplies the low 32 bits of
-// each lane into 64; the high halves of c1, c3 carry junk that only the dropped bits see). The
+// each lane into 64). The high halves pick up junk (the products' high words ride along in c1, c3
+// and are XORed into c0, c2) that vpmuludq ignores and the final narrowing to 32 bits drops. The
 // kLanes / 8 registers go through each round together: independent chains hide the latency.
 __attribute__((target("avx512f"))) void philox_avx512(const Stream& s, const uint32_t* c0_in,
                                                       const uint32_t* c1_in, uint32_t* r0,
