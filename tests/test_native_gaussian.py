@@ -97,9 +97,10 @@ def q_case(draw):
 
 
 @FAST
-@given(case=q_case(), seed=seeds, offset=st.integers(0, 2**40))
-def test_add_noise_gaussian_matches_reference(case, seed, offset):
-    native, reference = both(fastdiff.add_noise_gaussian, **case, seed=seed, offset=offset)
+@given(case=q_case(), seed=seeds, offset=st.integers(0, 2**40), tensor_seed=st.booleans())
+def test_add_noise_gaussian_matches_reference(case, seed, offset, tensor_seed):
+    key = torch.tensor(seed) if tensor_seed else seed
+    native, reference = both(fastdiff.add_noise_gaussian, **case, seed=key, offset=offset)
     exact = case["noise"] is not None
     for a, e in zip(native, reference, strict=True):
         assert_matches(a, e, exact)
