@@ -24,10 +24,12 @@ import sys
 from setuptools import setup
 
 SOURCES = ["csrc/step_loop.cpp", *sorted(glob.glob("csrc/native/*.cpp"))]
-# -ffp-contract=off: no fused multiply-add, so the native kernels round each operation as the
-# PyTorch reference does; -fno-trapping-math / -fno-math-errno let GCC vectorize their loops
-# (neither changes a result).
-COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
+# -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so without it the
+# native kernels run on one thread; the libgomp it links is torch's (same soname, already
+# loaded), so torch.set_num_threads applies. -ffp-contract=off: no fused multiply-add, so the
+# native kernels round each operation as the PyTorch reference does; -fno-trapping-math /
+# -fno-math-errno let GCC vectorize their loops (neither changes a result).
+COMPILE_ARGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 REQUIRED = os.environ.get("FASTDIFF_REQUIRE_EXTENSION") == "1"
 
 
@@ -56,6 +58,7 @@ def _extension() -> dict:
         "fastdiff._C",
         SOURCES,
         extra_compile_args=COMPILE_ARGS,
+        extra_link_args=["-fopenmp"],
         depends=sorted(glob.glob("csrc/native/*.h")),
     )
 

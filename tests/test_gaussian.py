@@ -140,7 +140,11 @@ def test_q_sample_seed_reproducibility() -> None:
     # keyed by (seed, offset, flattened position, feature): independent of the batch shape
     flat = add_noise_gaussian(x0.reshape(6, 6), alpha_bar=0.0, seed=11).noise
     assert torch.equal(a.reshape(6, 6), flat)
-    assert torch.equal(flat, frandom.normal(11, 0, torch.arange(6), 6))
+    # the draw of fastdiff.random.normal; the native CPU kernels compute its float64 log / cos /
+    # sin with their own polynomials, so the values may differ from torch's in the last bits
+    eps = torch.finfo(F64).eps
+    drawn = frandom.normal(11, 0, torch.arange(6), 6)
+    torch.testing.assert_close(flat, drawn, rtol=4 * eps, atol=0)
     # a tensor seed and a torch.Generator
     assert torch.equal(a, add_noise_gaussian(x0, alpha_bar=0.0, seed=torch.tensor(11)).noise)
     g1, g2 = gen(5), gen(5)

@@ -7,11 +7,17 @@ reference's signature and registers it with :func:`fastdiff.backend.register_nat
 :func:`fastdiff.backend.resolve` picks it for CPU tensors under the ``"auto"`` and ``"native"``
 backends. The kernels draw from the same counter-based Philox stream as the reference and the
 Triton kernels (``csrc/native/philox.h``, ``csrc/native/race.h``), in float64, so the same seed
-gives the same tokens except where two keys tie within a few ulps.
+gives the same tokens except where two keys tie within a few ulps, and Gaussian noise equal to
+the reference's within a few float64 ulps (``csrc/native/lanes.h``).
+
+Modules: :mod:`~fastdiff.native.sampling` (categorical draws), :mod:`~fastdiff.native.noising`
+(``corrupt``, ``corrupt_dense``), :mod:`~fastdiff.native.gaussian` (``q_sample``,
+``ddpm_step``, ``ddim_step``), and :mod:`~fastdiff.native.random`, the transforms of
+:mod:`fastdiff.random` as plain functions (not backend ops).
 
 Imported by :func:`fastdiff.backend.native_available` once ``fastdiff._C`` has loaded.
 """
 
 from __future__ import annotations
 
-from fastdiff.native import sampling  # noqa: F401  (registers the kernels)
+from fastdiff.native import gaussian, noising, random, sampling  # noqa: F401  (registers)
