@@ -174,7 +174,7 @@ __attribute__((always_inline)) inline void normal_block(const Stream& s, uint32_
     // (integers below 2^52 become doubles exactly through the bits of 2^52 + k)
     const uint64_t k = (static_cast<uint64_t>(r0[l]) << 20) | (r1[l] >> 12);
     const double u = ((as_double(kTwo52Bits | k) - 0x1p52) + 0.5) * 0x1p-52;
-    v[l] = -2.0 * log_positive(u);
+    v[l] = -2.0 * vlog_positive(u);
     const double angle = ((as_double(kTwo52Bits | r2[l]) - 0x1p52) + 0.5) * (2.0 * M_PI * 0x1p-32);
     sincos_angle(angle, c[l], sn[l]);
   }

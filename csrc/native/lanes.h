@@ -3,7 +3,7 @@
 // normal and the noising threshold 1 - e^-sigma.
 //
 // The functions compute the numbers of fastdiff/random.py (same words, same float64 formulas);
-// the transcendentals are polynomial (fdlibm / musl algorithms, under 1 ulp) instead of torch's
+// the transcendentals are polynomial (fdlibm / musl algorithms, under 1 ulp; log is vmath.h's) instead of torch's
 // SLEEF, so a value can differ from the reference's in the last bit or two of float64. They are
 // written without branches or calls so that a loop over kLanes lanes vectorizes.
 #pragma once
@@ -11,40 +11,13 @@
 #include <cstdint>
 
 #include "philox.h"
+#include "vmath.h"
 
 namespace fastdiff::native {
 
 // Counters per block of the lane loops (a multiple of 8: whole AVX-512 registers; 32 keeps four
 // independent Philox chains in flight).
 constexpr int kLanes = 32;
-
-inline double as_double(uint64_t bits) { return __builtin_bit_cast(double, bits); }
-inline uint64_t as_bits(double x) { return __builtin_bit_cast(uint64_t, x); }
-
-// log(x) for a positive normal finite x (musl / fdlibm e_log.c without its branches): x = 2^k m
-// with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f),
-// log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), plus k log 2 in two parts. Error < 1 ulp.
-__attribute__((always_inline)) inline double log_positive(double x) {
-  constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-  constexpr double lg1 = 6.666666666666735130e-01, lg2 = 3.999999999940941908e-01,
-                   lg3 = 2.857142874366239149e-01, lg4 = 2.222219843214978396e-01,
-                   lg5 = 1.818357216161805012e-01, lg6 = 1.531383769920937332e-01,
-                   lg7 = 1.479819860511658591e-01;
-  // adding 1 - sqrt(2)/2 (in the high word) carries into the exponent exactly when m >= sqrt(2)
-  const uint64_t shifted = as_bits(x) + (uint64_t{0x3ff00000 - 0x3fe6a09e} << 32);
-  // k + 2^52 + 1023 as a double from the biased exponent bits, then k exactly
-  const double dk = as_double(uint64_t{0x4330000000000000} | (shifted >> 52)) - (0x1p52 + 1023.0);
-  const double m =
-      as_double((shifted & uint64_t{0x000fffffffffffff}) + (uint64_t{0x3fe6a09e} << 32));
-  const double f = m - 1.0;
-  const double hfsq = 0.5 * f * f;
-  const double s = f / (2.0 + f);
-  const double z = s * s, w = z * z;
-  const double t1 = w * (lg2 + w * (lg4 + w * lg6));
-  const double t2 = z * (lg1 + w * (lg3 + w * (lg5 + w * lg7)));
-  const double r = t2 + t1;
-  return s * (hfsq + r) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
-}
 
 // -expm1(-sigma) = 1 - e^-sigma for sigma >= 0 (inf gives 1; NaN stays NaN): x = -sigma =
 // k log 2 + r with |r| <= log(2)/2, expm1(x) = 2^k expm1(r) + (2^k - 1) (exact for k = 0), and

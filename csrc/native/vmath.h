@@ -37,30 +37,39 @@ FASTDIFF_INLINE double small_int_to_double(int64_t k) {
   return as_double(kMagicBits + static_cast<uint64_t>(k)) - kMagic;
 }
 
-// log(x) for x >= 0 (log 0 = -inf, log inf = inf; x < 0 or NaN gives NaN).
-FASTDIFF_INLINE double vlog(double x) {
+// log(x) for a positive normal finite x (fdlibm e_log.c without its branches): x = 2^k m with
+// m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f),
+// log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), plus k log 2 in two parts. Error < 1 ulp.
+FASTDIFF_INLINE double vlog_positive(double x) {
   constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-  constexpr double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
-                   Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
-                   Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
-                   Lg7 = 1.479819860511658591e-01;
-  // subnormal x: scale by 2^54 and take 54 off the exponent
-  const bool tiny = x < 0x1p-1022;
-  const double xs = tiny ? x * 0x1p54 : x;
-  // x = 2^k m with m in [sqrt(2)/2, sqrt(2)): offset the bits by those of sqrt(2)/2
-  const uint64_t bits = as_bits(xs);
-  const uint64_t tmp = bits - 0x3FE6A09E667F3BCDull;
-  const int64_t k = (static_cast<int64_t>(tmp) >> 52) - (tiny ? 54 : 0);
-  const uint64_t mbits = bits - (tmp & 0xFFF0000000000000ull);
-  const double f = as_double(mbits) - 1.0;
+  constexpr double lg1 = 6.666666666666735130e-01, lg2 = 3.999999999940941908e-01,
+                   lg3 = 2.857142874366239149e-01, lg4 = 2.222219843214978396e-01,
+                   lg5 = 1.818357216161805012e-01, lg6 = 1.531383769920937332e-01,
+                   lg7 = 1.479819860511658591e-01;
+  // adding 1 - sqrt(2)/2 (in the high word) carries into the exponent exactly when m >= sqrt(2)
+  const uint64_t shifted = as_bits(x) + (uint64_t{0x3ff00000 - 0x3fe6a09e} << 32);
+  // k + 2^52 + 1023 as a double from the biased exponent bits, then k exactly
+  const double dk = as_double(uint64_t{0x4330000000000000} | (shifted >> 52)) - (0x1p52 + 1023.0);
+  const double m =
+      as_double((shifted & uint64_t{0x000fffffffffffff}) + (uint64_t{0x3fe6a09e} << 32));
+  const double f = m - 1.0;
+  const double hfsq = 0.5 * f * f;
   const double s = f / (2.0 + f);
   const double z = s * s, w = z * z;
-  const double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
-  const double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
-  const double r = t2 + t1, hfsq = 0.5 * f * f, dk = small_int_to_double(k);
-  const double y = dk * ln2_hi - ((hfsq - (s * (hfsq + r) + dk * ln2_lo)) - f);
+  const double t1 = w * (lg2 + w * (lg4 + w * lg6));
+  const double t2 = z * (lg1 + w * (lg3 + w * (lg5 + w * lg7)));
+  const double r = t2 + t1;
+  return s * (hfsq + r) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
+}
+
+// log(x) for any x >= 0 (log 0 = -inf, log inf = inf, subnormals scaled by 2^54 first; x < 0
+// or NaN gives NaN).
+FASTDIFF_INLINE double vlog(double x) {
+  const bool tiny = x < 0x1p-1022;
+  const double y = vlog_positive(tiny ? x * 0x1p54 : x) - (tiny ? 54.0 * 0x1.62E42FEFA39EFp-1 : 0.0);
   const double inf = std::numeric_limits<double>::infinity();
-  const double special = x == 0.0 ? -inf : (x == inf ? inf : std::numeric_limits<double>::quiet_NaN());
+  const double special =
+      x == 0.0 ? -inf : (x == inf ? inf : std::numeric_limits<double>::quiet_NaN());
   return (x > 0.0 && x < inf) ? y : special;
 }
 
