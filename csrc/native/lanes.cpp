@@ -159,6 +159,15 @@ LaneKernels pick_lane_kernels() {
 
 const LaneKernels kLaneKernels = pick_lane_kernels();
 
+}  // namespace
+
+void philox_block(const Stream& s, const uint32_t* c0, const uint32_t* c1, uint32_t* r0,
+                  uint32_t* r1, uint32_t* r2, uint32_t* r3) {
+  kLaneKernels.philox(s, c0, c1, r0, r1, r2, r3);
+}
+
+namespace {
+
 // z[2l], z[2l + 1] of the kLanes pairs pair0 + l of `row` (pair i: counter (i, row)).
 __attribute__((always_inline)) inline void normal_block(const Stream& s, uint32_t row,
                                                                uint32_t pair0, double* z) {

@@ -88,6 +88,12 @@ __attribute__((always_inline)) inline void sincos_angle(double a, double& cos_ou
   sin_out = as_double(s_base ^ ((quadrant & 2) << 62));
 }
 
+// Philox4x32-10 of the kLanes counters (c0[l], c1[l], offset): the four words of lane l in
+// r0..r3[l]. AVX-512 or AVX2 intrinsics (8 or 4 counters per register, chosen once by CPU
+// feature) or Stream::philox lane by lane.
+void philox_block(const Stream& s, const uint32_t* c0, const uint32_t* c1, uint32_t* r0,
+                  uint32_t* r1, uint32_t* r2, uint32_t* r3);
+
 // N(0, 1) of columns [0, n_cols) of `row` into z (Box-Muller of fastdiff.random.normal: pair i
 // gives U from words (r0, r1) and the angle from r2; z[2i] = sqrt(-2 log U) cos, z[2i + 1] the
 // sin). Vectorized over blocks of kLanes pairs; compiled for AVX-512, AVX2 and the baseline.

@@ -7,6 +7,8 @@
 // branch-free log / exp of vmath.h.
 #include "race.h"
 
+#include "lanes.h"
+
 #include <algorithm>
 
 namespace fastdiff::native {
@@ -19,35 +21,17 @@ namespace fastdiff::native {
 
 namespace {
 
-constexpr int kLanes = kRaceGroup;  // counters per batch
 
-// Philox4x32-10 of the counters (c0_start + i, c1, offset) for i < n: the four words per lane.
-// The state lives in 64-bit lanes holding 32-bit values, so that each round is a widening
-// multiply (vpmuludq) without packing and unpacking 32-bit lanes.
-FASTDIFF_INLINE void philox_lanes(const Stream& s, uint32_t c0_start, uint32_t c1, int n,
-                                  uint32_t* o0, uint32_t* o1, uint32_t* o2, uint32_t* o3) {
-  constexpr uint64_t M = 0xFFFFFFFFull;
-  for (int i = 0; i < n; ++i) {
-    uint64_t x0 = (c0_start + static_cast<uint32_t>(i)) & M, x1 = c1, x2 = s.off_lo,
-             x3 = s.off_hi, a = s.k0, b = s.k1;
-#pragma GCC unroll 10
-    for (int r = 0; r < kPhiloxRounds; ++r) {
-      const uint64_t p0 = kPhiloxM0 * (x0 & M);
-      const uint64_t p1 = kPhiloxM1 * (x2 & M);
-      const uint64_t n0 = (p1 >> 32) ^ x1 ^ a;
-      const uint64_t n2 = (p0 >> 32) ^ x3 ^ b;
-      x1 = p1 & M;
-      x3 = p0 & M;
-      x0 = n0;
-      x2 = n2;
-      a = (a + kPhiloxW0) & M;
-      b = (b + kPhiloxW1) & M;
-    }
-    o0[i] = static_cast<uint32_t>(x0);
-    o1[i] = static_cast<uint32_t>(x1);
-    o2[i] = static_cast<uint32_t>(x2);
-    o3[i] = static_cast<uint32_t>(x3);
+// Philox of the n <= kLanes counters (c0_start + i, c1): lanes.h's philox_block (a full block
+// of kLanes counters; the lanes past n are computed and ignored).
+FASTDIFF_INLINE void philox_run(const Stream& s, uint32_t c0_start, uint32_t c1, uint32_t* o0,
+                                uint32_t* o1, uint32_t* o2, uint32_t* o3) {
+  uint32_t c0[kLanes], rows[kLanes];
+  for (int i = 0; i < kLanes; ++i) {
+    c0[i] = c0_start + static_cast<uint32_t>(i);
+    rows[i] = c1;
   }
+  philox_block(s, c0, rows, o0, o1, o2, o3);
 }
 
 // E of the exponential transform of philox.h, branch-free: W = (k + 1/2) 2^-64 from the 63 low
@@ -81,15 +65,14 @@ FASTDIFF_INLINE void noise_run(const Stream& s, int64_t row, int64_t begin, int6
   for (int64_t done = 0; done < count;) {
     if (groups) {
       const int n = static_cast<int>(std::min<int64_t>(kLanes, count - done));
-      philox_lanes(s, kGroupCounterBase + static_cast<uint32_t>(begin + done), r, n, w0, w1, w2,
-                   w3);
+      philox_run(s, kGroupCounterBase + static_cast<uint32_t>(begin + done), r, w0, w1, w2, w3);
       for (int i = 0; i < n; ++i) out[done + i] = key_noise<Ratio>(w0[i], w1[i]);
       done += n;
     } else {
       // lane i is the column pair (begin + done) / 2 + i: columns 2i <- (r0, r1), 2i+1 <- (r2, r3)
       const int64_t cols = std::min<int64_t>(2 * kLanes, count - done);
       const int n = static_cast<int>((cols + 1) / 2);
-      philox_lanes(s, static_cast<uint32_t>((begin + done) >> 1), r, n, w0, w1, w2, w3);
+      philox_run(s, static_cast<uint32_t>((begin + done) >> 1), r, w0, w1, w2, w3);
       double even[kLanes], odd[kLanes];
       for (int i = 0; i < n; ++i) {
         even[i] = key_noise<Ratio>(w0[i], w1[i]);
