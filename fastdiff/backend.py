@@ -164,6 +164,17 @@ def native_kernel(op: str) -> Callable | None:
     return _natives.get(op)
 
 
+def draw_function(name: str, reference: Callable, device: torch.device) -> Callable:
+    """The implementation of a stream draw of :mod:`fastdiff.random` (``"uniform"``,
+    ``"normal"``) for callers outside the ops (samplers, likelihood bounds): the native one on
+    the CPU unless the reference backend is in force or the extension is missing, else
+    ``reference`` (the Triton kernels draw inside their ops, so CUDA tensors take the
+    reference)."""
+    if device.type == "cpu" and get_backend() != "reference" and native_available():
+        return _natives.get(name, reference)
+    return reference
+
+
 def registered_kernels() -> tuple[str, ...]:
     """Names of the ops that have a Triton implementation registered."""
     _kernels_loaded()

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fastdiff.likelihood as _likelihood  # LikelihoodBound, read at call time (no import cycle)
-from fastdiff import checks
+from fastdiff import backend, checks
 from fastdiff import random as frandom
 from fastdiff.gaussian import add_noise_gaussian
 from fastdiff.samplers.gaussian import PREDICTION_TYPES
@@ -314,7 +314,8 @@ def _estimate(
         a_last * e0.square().sum((1, 2)) - length * width * (a_last + math.log1p(-a_last))
     )
     rows = torch.arange(batch * length, dtype=torch.int64, device=device)
-    z = frandom.normal(key, offset, rows, width).reshape(batch, length, width)
+    draw = backend.draw_function("normal", frandom.normal, rows.device)
+    z = draw(key, offset, rows, width).reshape(batch, length, width)
     x_data = e0 + math.sqrt(setup.beta_first) * z
     bias = None if setup.bias is None else setup.bias.to(device, torch.float64)
     logits = F.linear(x_data, setup.weight.to(device, torch.float64), bias)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from fastdiff import checks
+from fastdiff import backend, checks
 from fastdiff import random as frandom
 from fastdiff.updates import unmask_candidates
 
@@ -106,7 +106,8 @@ def random_confidence(
     no ties in practice)."""
     batch, length = confidence.shape
     rows = torch.arange(batch, device=confidence.device)
-    u = frandom.uniform(seed, offset, rows, length)
+    draw = backend.draw_function("uniform", frandom.uniform, rows.device)
+    u = draw(seed, offset, rows, length)
     return torch.where(confidence > -torch.inf, u, confidence.to(u.dtype))
 
 

@@ -185,3 +185,21 @@ def test_import_is_light_and_works_without_triton():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.strip() == "True"
+
+
+def test_stream_draws_outside_the_ops_take_the_native_draw_on_cpu(monkeypatch):
+    """Samplers and bounds draw their own noise through draw_function: native on the CPU
+    (when built), the reference under the reference backend and for CUDA tensors."""
+    from fastdiff import random as frandom
+
+    monkeypatch.setitem(backend._natives, "uniform", _native)
+    monkeypatch.setattr(backend, "_native_state", [True])
+    cpu = torch.device("cpu")
+    assert backend.draw_function("uniform", frandom.uniform, cpu) is _native
+    assert backend.draw_function("uniform", frandom.uniform, torch.device("cuda", 0)) is (
+        frandom.uniform
+    )
+    with fastdiff.use_backend("reference"):
+        assert backend.draw_function("uniform", frandom.uniform, cpu) is frandom.uniform
+    monkeypatch.setattr(backend, "_native_state", [False])
+    assert backend.draw_function("uniform", frandom.uniform, cpu) is frandom.uniform

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from fastdiff.backend import register_native
 from fastdiff.native._ops import ops, seed_int
 
 
@@ -29,6 +30,7 @@ def _(seed, offset, rows, high):
     return rows.new_empty(rows.shape, dtype=torch.float64), torch.empty_like(rows)
 
 
+@register_native("uniform")
 def uniform(seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_cols: int) -> torch.Tensor:
     """float64 ``U(0, 1) = (k + 1/2) 2^-52`` ``[len(rows), n_cols]``
     (:func:`fastdiff.random.uniform`)."""
@@ -43,6 +45,7 @@ def exponential(
     return ops.philox_draw(seed_int(seed), offset, rows, n_cols, "exponential")
 
 
+@register_native("normal")
 def normal(seed: int | torch.Tensor, offset: int, rows: torch.Tensor, n_cols: int) -> torch.Tensor:
     """float64 ``N(0, 1)`` ``[len(rows), n_cols]`` by Box-Muller: pair ``i`` gives
     ``R = sqrt(-2 log U)`` (``U`` from words r0, r1) and the angle ``(r2 + 1/2) 2 pi 2^-32``;

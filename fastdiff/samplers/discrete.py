@@ -136,7 +136,8 @@ class _NoiseScheduleMixin(TokenScheduler):
         if self.absorbing:
             return super().prior(n, seed, device)
         rows = torch.arange(n, device=device)
-        u = frandom.uniform(init_seed(seed), 0, rows, 1)[:, 0]
+        draw = backend.draw_function("uniform", frandom.uniform, rows.device)
+        u = draw(init_seed(seed), 0, rows, 1)[:, 0]
         return (u * self.vocab_size).long().clamp(max=self.vocab_size - 1)
 
     def add_noise(

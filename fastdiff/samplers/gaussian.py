@@ -570,7 +570,8 @@ class _GaussianScheduler(Scheduler):
         positions, columns = the last dimension)."""
         h = like.shape[-1]
         rows = torch.arange(like.numel() // h, device=like.device)
-        return frandom.normal(key, 0, rows, h).to(like.dtype).reshape(like.shape)
+        draw = backend.draw_function("normal", frandom.normal, rows.device)
+        return draw(key, 0, rows, h).to(like.dtype).reshape(like.shape)
 
     @staticmethod
     def _keep(new: torch.Tensor, x_t: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
@@ -664,7 +665,8 @@ class _GaussianScheduler(Scheduler):
         dtype = init.dtype if init is not None else torch.get_default_dtype()
         key = resolve_run_seed(seed, generator, dev)
         rows = torch.arange(shape[0] * shape[1], device=dev)
-        x_t = frandom.normal(init_seed(key), 0, rows, shape[2]).to(dtype).reshape(shape)
+        draw = backend.draw_function("normal", frandom.normal, rows.device)
+        x_t = draw(init_seed(key), 0, rows, shape[2]).to(dtype).reshape(shape)
         if init is not None:
             x_t = torch.where(fixed[..., None], init, x_t)
         return x_t, fixed
