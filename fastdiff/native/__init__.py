@@ -14,4 +14,4 @@ Imported by :func:`fastdiff.backend.native_available` once ``fastdiff._C`` has l
 
 from __future__ import annotations
 
-from fastdiff.native import sampling  # noqa: F401  (registers the kernels)
+from fastdiff.native import d3pm, sampling, updates  # noqa: F401  (registers the kernels)
