@@ -18,8 +18,6 @@
 namespace fastdiff::native {
 namespace {
 
-inline double safe_log(double a) { return a > 0.0 ? std::log(a) : kNegInf; }
-
 // softmax(x0_logits) @ Qbar in float64: [N, V] (one matrix per contiguous row group when 3-D).
 at::Tensor mixture(const at::Tensor& x0_logits, const at::Tensor& qbar) {
   const at::Tensor probs = at::softmax(x0_logits.to(at::kDouble), -1);
@@ -56,7 +54,7 @@ at::Tensor d3pm_step(const at::Tensor& x0_logits, const at::Tensor& x_t, const a
     const double* col = cols + ((r / per) * vocab + xs[r]) * vocab;
     const double* mrow = mix + r * vocab;
     double* lw = sc.lw.data();
-    for (int64_t j = 0; j < vocab; ++j) lw[j] = safe_log(col[j]) + safe_log(mrow[j]);
+    vecmath::log_sum2(col, mrow, vocab, lw);
     return -1;
   });
 }

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "race.h"
+#include "vecmath.h"
 
 namespace fastdiff::native {
 
@@ -65,13 +66,6 @@ inline void load_row(const T* src, int64_t vocab, double* dst) {
   for (int64_t j = 0; j < vocab; ++j) dst[j] = to_double(src[j]);
 }
 
-// max_j lw[j] (-inf for an empty row; NaN entries are skipped).
-inline double row_max(const double* lw, int64_t vocab) {
-  double top = kNegInf;
-  for (int64_t j = 0; j < vocab; ++j) top = lw[j] > top ? lw[j] : top;
-  return top;
-}
-
 // Per-thread scratch of the row loop: the log-weights lw[V], the group log-sums of the race and
 // `extra` doubles for the op's own use.
 struct RowScratch {
@@ -103,7 +97,7 @@ at::Tensor race_active_rows(const UpdateInputs& in, int64_t mask_id, int64_t see
       }
       const int64_t stay = fill(r, scratch);
       const double* lw = scratch.lw.data();
-      dst[r] = row_max(lw, vocab) > kNegInf
+      dst[r] = vecmath::row_max(lw, vocab) > kNegInf
                    ? race_row(lw, vocab, s, r, stay, scratch.sums.data())
                    : x[r];
     }

@@ -23,8 +23,7 @@ void absorb_moves(const T* src, int64_t vocab, int64_t m, double log_rate, bool 
                   double* lw) {
   for (int64_t j = 0; j < vocab; ++j) lw[j] = to_double(src[j]) + log_rate;
   lw[m] = kNegInf;
-  double sum = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) sum += std::exp(lw[j]);
+  const double sum = vecmath::exp_sum(lw, vocab, 0.0, nullptr);
   lw[m] = log_clamped(never_stay ? 0.0 : 1.0 - sum);
 }
 
@@ -36,17 +35,12 @@ template <typename T>
 void uniform_tweedie(const T* src, int64_t vocab, int64_t x, double delta, double* lw) {
   for (int64_t j = 0; j < vocab; ++j) lw[j] = to_double(src[j]);
   lw[x] = 0.0;
-  const double top = row_max(lw, vocab);
-  double sum = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) {
-    lw[j] = std::exp(lw[j] - top);
-    sum += lw[j];
-  }
+  const double sum = vecmath::exp_sum(lw, vocab, -vecmath::row_max(lw, vocab), lw);
   const double leave = -std::expm1(-delta) / static_cast<double>(vocab);
   const double spread = leave * sum;
   const double trans_x = std::exp(-delta) + leave;
   const double score_x = lw[x];
-  for (int64_t j = 0; j < vocab; ++j) lw[j] = log_clamped((lw[j] - spread) * leave);
+  vecmath::log_clamped_affine(lw, vocab, spread, leave);
   lw[x] = log_clamped((score_x - spread) * trans_x);
 }
 
@@ -55,10 +49,8 @@ template <typename T>
 void masked_log_softmax(const T* src, int64_t vocab, int64_t m, double* lw) {
   load_row(src, vocab, lw);
   lw[m] = kNegInf;
-  const double top = row_max(lw, vocab);
-  double sum = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) sum += std::exp(lw[j] - top);
-  const double lse = top + std::log(sum);
+  const double top = vecmath::row_max(lw, vocab);
+  const double lse = top + std::log(vecmath::exp_sum(lw, vocab, -top, nullptr));
   for (int64_t j = 0; j < vocab; ++j) lw[j] -= lse;
 }
 
@@ -245,11 +237,7 @@ std::tuple<at::Tensor, at::Tensor> unmask_candidates(const at::Tensor& logits,
           }
           value = std::exp(first) - std::exp(second);
         } else {
-          value = 0.0;
-          for (int64_t j = 0; j < vocab; ++j) {
-            const double p = std::exp(logp[j]);
-            value += p > 0.0 ? p * logp[j] : 0.0;
-          }
+          value = vecmath::plogp_sum(logp, vocab);
         }
         xhat_p[r] = drawn;
         conf_p[r] = static_cast<float>(value);
