@@ -44,14 +44,15 @@ void uniform_tweedie(const T* src, int64_t vocab, int64_t x, double delta, doubl
   lw[x] = log_clamped((score_x - spread) * trans_x);
 }
 
-// logp = log_softmax(l) over j != m (lw[m] = -inf): logp_j = l_j - (max + log sum exp(l - max)).
+// logp = log_softmax(l) over j != m (lw[m] = -inf), in torch's order of operations:
+// logp_j = (l_j - max) - log sum exp(l - max).
 template <typename T>
 void masked_log_softmax(const T* src, int64_t vocab, int64_t m, double* lw) {
   load_row(src, vocab, lw);
   lw[m] = kNegInf;
   const double top = vecmath::row_max(lw, vocab);
-  const double lse = top + std::log(vecmath::exp_sum(lw, vocab, -top, nullptr));
-  for (int64_t j = 0; j < vocab; ++j) lw[j] -= lse;
+  const double log_sum = std::log(vecmath::exp_sum(lw, vocab, -top, nullptr));
+  for (int64_t j = 0; j < vocab; ++j) lw[j] = (lw[j] - top) - log_sum;
 }
 
 // SEDD Euler step, rate = dt dsigma per row. absorbing (masked rows): lw_j = s_j + log(rate),

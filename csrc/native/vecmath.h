@@ -1,6 +1,6 @@
 // Vectorized float64 row kernels of the reverse updates (exp / log per element with SLEEF's
-// 1-ulp functions, the ones torch's own CPU kernels call, so values match torch.exp / torch.log
-// up to their rounding). Compiled for AVX-512 and AVX2 with target pragmas and chosen at run
+// 1-ulp functions, the ones torch's own CPU kernels call, row tails included, so values match
+// torch.exp / torch.log). Compiled for AVX-512 and AVX2 with target pragmas and chosen at run
 // time; other CPUs use a scalar fallback. Sums are accumulated lane-wise, so they can differ
 // from a sequential sum (and from torch's) in the last bits.
 #pragma once
@@ -25,6 +25,12 @@ constexpr int64_t kWidth = 8;
 using Vec = __m512d;
 inline Vec load(const double* p) { return _mm512_loadu_pd(p); }
 inline void store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
+inline __mmask8 first(int64_t k) { return static_cast<__mmask8>((1u << k) - 1u); }
+inline Vec load_n(const double* p, int64_t k) {
+  return _mm512_mask_loadu_pd(_mm512_set1_pd(-std::numeric_limits<double>::infinity()),
+                              first(k), p);
+}
+inline void store_n(double* p, Vec v, int64_t k) { _mm512_mask_storeu_pd(p, first(k), v); }
 inline Vec set1(double v) { return _mm512_set1_pd(v); }
 inline Vec add(Vec a, Vec b) { return _mm512_add_pd(a, b); }
 inline Vec sub_(Vec a, Vec b) { return _mm512_sub_pd(a, b); }
@@ -63,6 +69,16 @@ constexpr int64_t kWidth = 4;
 using Vec = __m256d;
 inline Vec load(const double* p) { return _mm256_loadu_pd(p); }
 inline void store(double* p, Vec v) { _mm256_storeu_pd(p, v); }
+inline Vec load_n(const double* p, int64_t k) {
+  alignas(32) double a[4];
+  for (int64_t i = 0; i < 4; ++i) a[i] = i < k ? p[i] : -std::numeric_limits<double>::infinity();
+  return _mm256_load_pd(a);
+}
+inline void store_n(double* p, Vec v, int64_t k) {
+  alignas(32) double a[4];
+  _mm256_store_pd(a, v);
+  for (int64_t i = 0; i < k; ++i) p[i] = a[i];
+}
 inline Vec set1(double v) { return _mm256_set1_pd(v); }
 inline Vec add(Vec a, Vec b) { return _mm256_add_pd(a, b); }
 inline Vec sub_(Vec a, Vec b) { return _mm256_sub_pd(a, b); }
@@ -97,6 +113,8 @@ struct Vec {
 };
 inline Vec load(const double* p) { return {*p}; }
 inline void store(double* p, Vec v) { *p = v.v; }
+inline Vec load_n(const double* p, int64_t) { return {*p}; }
+inline void store_n(double* p, Vec v, int64_t) { *p = v.v; }
 inline Vec set1(double v) { return {v}; }
 inline Vec add(Vec a, Vec b) { return {a.v + b.v}; }
 inline Vec sub_(Vec a, Vec b) { return {a.v - b.v}; }
