@@ -304,3 +304,15 @@ def test_masked_row_without_token_raises_under_native():
     s = torch.tensor([[-INF, -INF, 0.0]])
     with fastdiff.use_backend("native"), pytest.raises(ValueError, match="all -inf"):
         fastdiff.mdlm_step(s, torch.tensor([2]), sigma=1.0, sigma_next=0.5, mask_id=2)
+
+
+def test_ops_reject_out_of_range_indices():
+    """The C++ ops check what they index with (the public functions check earlier)."""
+    ops = torch.ops.fastdiff_native
+    s, rate = torch.zeros(2, 4), torch.ones(2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="mask_id"):
+        ops.sedd_euler(s, torch.tensor([0, 1]), rate, None, 0, 0, False, 4)
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.sedd_analytic(s, torch.tensor([0, 4]), rate, None, 0, 0, True, -1)
+    with pytest.raises(RuntimeError, match="mask_id"):
+        ops.unmask_candidates(s, torch.tensor([0, 1]), None, 0, 0, -1, 0.0, 0)

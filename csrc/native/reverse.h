@@ -53,6 +53,21 @@ struct UpdateInputs {
                   "fastdiff_native: fixed must be [", n, "]");
       fixed = fixed_in->to(at::kBool).contiguous();
     }
+    check_tokens();
+  }
+
+  // A mask id in [0, V) (the absorbing updates write its column).
+  void check_mask_id(int64_t mask_id) const {
+    TORCH_CHECK(mask_id >= 0 && mask_id < vocab, "fastdiff_native: mask_id ", mask_id,
+                " is outside [0, ", vocab, ")");
+  }
+
+  // Every token in [0, V): the kernels index rows with them.
+  void check_tokens() const {
+    const int64_t* xs = x.const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < n; ++r)
+      TORCH_CHECK(xs[r] >= 0 && xs[r] < vocab, "fastdiff_native: token ", xs[r], " at row ", r,
+                  " is outside [0, ", vocab, ")");
   }
 
   const bool* fixed_ptr() const {

@@ -62,6 +62,7 @@ at::Tensor sedd_euler(const at::Tensor& log_score, const at::Tensor& x,
                       const at::Tensor& rate_in, const std::optional<at::Tensor>& fixed,
                       int64_t seed, int64_t offset, bool uniform, int64_t mask_id) {
   const UpdateInputs in(log_score, x, fixed);
+  if (!uniform) in.check_mask_id(mask_id);
   const at::Tensor rate_t = row_scalars(rate_in, in.n, "rate");
   const double* rate = rate_t.const_data_ptr<double>();
   const int64_t* xs = in.x.const_data_ptr<int64_t>();
@@ -90,6 +91,7 @@ at::Tensor sedd_analytic(const at::Tensor& log_score, const at::Tensor& x,
                          const at::Tensor& delta_in, const std::optional<at::Tensor>& fixed,
                          int64_t seed, int64_t offset, bool uniform, int64_t mask_id) {
   const UpdateInputs in(log_score, x, fixed);
+  if (!uniform) in.check_mask_id(mask_id);
   const at::Tensor delta_t = row_scalars(delta_in, in.n, "delta");
   const double* delta = delta_t.const_data_ptr<double>();
   const int64_t* xs = in.x.const_data_ptr<int64_t>();
@@ -122,6 +124,7 @@ at::Tensor sedd_denoise(const at::Tensor& log_score, const at::Tensor& x,
                         const at::Tensor& sigma_in, const std::optional<at::Tensor>& fixed,
                         int64_t seed, int64_t offset, bool uniform, int64_t mask_id) {
   const UpdateInputs in(log_score, x, fixed);
+  if (!uniform) in.check_mask_id(mask_id);
   const at::Tensor sigma_t = row_scalars(sigma_in, in.n, "sigma");
   const double* sigma = sigma_t.const_data_ptr<double>();
   const int64_t* xs = in.x.const_data_ptr<int64_t>();
@@ -151,6 +154,7 @@ at::Tensor mdlm_ancestral(const at::Tensor& logits, const at::Tensor& x,
                           const std::optional<at::Tensor>& fixed, int64_t seed, int64_t offset,
                           int64_t mask_id) {
   const UpdateInputs in(logits, x, fixed);
+  in.check_mask_id(mask_id);
   const at::Tensor st_t = row_scalars(sigma_t_in, in.n, "sigma_t");
   const at::Tensor ss_t = row_scalars(sigma_s_in, in.n, "sigma_s");
   const double* sigma_t = st_t.const_data_ptr<double>();
@@ -186,6 +190,7 @@ std::tuple<at::Tensor, at::Tensor> unmask_candidates(const at::Tensor& logits,
                                                      int64_t mask_id, double temperature,
                                                      int64_t confidence) {
   const UpdateInputs in(logits, x, fixed);
+  in.check_mask_id(mask_id);
   TORCH_CHECK(confidence >= kProb && confidence <= kEntropy,
               "fastdiff_native: unknown confidence kind ", confidence);
   const int64_t n = in.n, vocab = in.vocab;

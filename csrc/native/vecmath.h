@@ -1,18 +1,24 @@
 // Vectorized float64 row kernels of the reverse updates (exp / log per element with SLEEF's
 // 1-ulp functions, the ones torch's own CPU kernels call, row tails included, so values match
 // torch.exp / torch.log). Compiled for AVX-512 and AVX2 with target pragmas and chosen at run
-// time; other CPUs use a scalar fallback. Sums are accumulated lane-wise, so they can differ
+// time; other CPUs (and non-x86 builds) use a scalar fallback. Sums are accumulated lane-wise, so they can differ
 // from a sequential sum (and from torch's) in the last bits.
 #pragma once
-
-#include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FASTDIFF_VECMATH_X86 1
+#include <immintrin.h>
+#else
+#define FASTDIFF_VECMATH_X86 0
+#endif
+
 namespace fastdiff::native::vecmath {
 
+#if FASTDIFF_VECMATH_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq")
 // GCC 12 flags the undefined pass-through operand inside its own _mm512_max_pd
@@ -104,6 +110,7 @@ inline double reduce_max(Vec v) {
 #include "vecmath_body.inc"
 }  // namespace avx2
 #pragma GCC pop_options
+#endif  // FASTDIFF_VECMATH_X86
 
 // The scalar fallback: the same kernels one element at a time.
 namespace scalar {
@@ -128,6 +135,7 @@ inline double reduce_max(Vec v) { return v.v; }
 #include "vecmath_body.inc"
 }  // namespace scalar
 
+#if FASTDIFF_VECMATH_X86
 // The widest instruction set of this CPU: 2 (AVX-512), 1 (AVX2 + FMA) or 0.
 inline int isa_level() {
   static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
@@ -149,6 +157,13 @@ inline int isa_level() {
         return scalar::NAME(args...);                                                    \
     }                                                                                    \
   }
+#else
+#define FASTDIFF_VECMATH_DISPATCH(NAME)                         \
+  template <typename... Args>                                   \
+  inline auto NAME(Args... args) {                              \
+    return scalar::NAME(args...);                               \
+  }
+#endif
 
 FASTDIFF_VECMATH_DISPATCH(row_max)
 FASTDIFF_VECMATH_DISPATCH(exp_sum)
