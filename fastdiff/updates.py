@@ -80,6 +80,12 @@ def _check_masked_rows_have_a_token(st: _Step) -> None:
     active = st.x == st.mask_id
     if st.fixed is not None:
         active &= ~st.fixed
+    if not bool(active.any()):
+        return
+    # such a row's maximum is -inf or its mask logit: one reduction pass finds the few suspects,
+    # and only those rows are copied and checked column by column
+    top = st.scores.amax(-1)
+    active &= torch.isneginf(top) | (top == st.scores[:, st.mask_id])
     rows = st.scores[active]
     if rows.numel():
         keep = torch.ones(st.vocab, dtype=torch.bool, device=st.device)
