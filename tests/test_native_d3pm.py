@@ -37,7 +37,7 @@ def _stochastic(batch: int | None, vocab: int, gen: torch.Generator, sparse: boo
     return w / w.sum(-1, keepdim=True)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     batch=st.integers(1, 4),
     length=st.integers(1, 12),
