@@ -9,8 +9,9 @@ non-contiguous inputs. Both backends compute the same float64 log-weights and ra
 the same Philox noise, so the tokens must be equal (a difference needs two race keys within a
 few ulps: probability ~1e-13 per row, never seen); confidences are float32 roundings of float64
 values that differ only by the order of one softmax sum, compared to 2 float32 ulps plus
-``2 V eps64`` (the tiny negative entropy of a near one-hot row is ill-conditioned). Hand-derived cases pin the formulas themselves, and
-bad input still raises the public errors under the native backend.
+``2 V eps64`` (the tiny negative entropy of a near one-hot row is ill-conditioned).
+Hand-derived cases pin the formulas themselves, and bad input still raises the public errors
+under the native backend.
 """
 
 from __future__ import annotations
