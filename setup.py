@@ -47,7 +47,17 @@ def _extension() -> dict:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return _skip(f"no C++ compiler ({compiler!r} not found)")
-    ext = cpp_extension.CppExtension("fastdiff._C", SOURCES, extra_compile_args=["-O3"])
+    # at::parallel_for is a header template: without OpenMP in these translation units the
+    # native kernels run on one thread whatever torch.set_num_threads says. libgomp.so.1 is the
+    # one torch has already loaded (same soname), so torch's thread count applies.
+    import torch
+
+    openmp = (
+        ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform == "linux" else []
+    )
+    ext = cpp_extension.CppExtension(
+        "fastdiff._C", SOURCES, extra_compile_args=["-O3", *openmp], extra_link_args=openmp
+    )
 
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's builder; a failed compile installs the pure-Python package unless required."""
