@@ -321,3 +321,21 @@ def test_ops_reject_out_of_range_indices():
         ops.sedd_analytic(s, torch.tensor([0, 4]), rate, None, 0, 0, True, -1)
     with pytest.raises(RuntimeError, match="mask_id"):
         ops.unmask_candidates(s, torch.tensor([0, 1]), None, 0, 0, -1, 0.0, 0)
+
+
+def test_tokens_do_not_depend_on_the_thread_count():
+    """Rows are keyed by their global index: any split of the rows over threads draws alike."""
+    gen = torch.Generator().manual_seed(5)
+    s = torch.randn(3000, 300, generator=gen)
+    x = torch.randint(0, 300, (3000,), generator=gen)
+    x[::2] = 299
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            with fastdiff.use_backend("native"):
+                out.append(fastdiff.mdlm_step(s, x, sigma=2.0, sigma_next=1.0, mask_id=299, seed=3))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1])
