@@ -45,14 +45,16 @@ void uniform_tweedie(const T* src, int64_t vocab, int64_t x, double delta, doubl
 }
 
 // logp = log_softmax(l) over j != m (lw[m] = -inf), in torch's order of operations:
-// logp_j = (l_j - max) - log sum exp(l - max).
+// logp_j = (l_j - max) - log sum exp(l - max). Returns max_j logp_j = -log sum (that of the
+// maximal logits).
 template <typename T>
-void masked_log_softmax(const T* src, int64_t vocab, int64_t m, double* lw) {
+double masked_log_softmax(const T* src, int64_t vocab, int64_t m, double* lw) {
   load_row(src, vocab, lw);
   lw[m] = kNegInf;
   const double top = vecmath::row_max(lw, vocab);
   const double log_sum = std::log(vecmath::exp_sum(lw, vocab, -top, nullptr));
   for (int64_t j = 0; j < vocab; ++j) lw[j] = (lw[j] - top) - log_sum;
+  return (top - top) - log_sum;
 }
 
 // SEDD Euler step, rate = dt dsigma per row. absorbing (masked rows): lw_j = s_j + log(rate),
@@ -212,16 +214,12 @@ std::tuple<at::Tensor, at::Tensor> unmask_candidates(const at::Tensor& logits,
           continue;
         }
         double* logp = sc.lw.data();
-        masked_log_softmax(scores + r * vocab, vocab, mask_id, logp);
+        const double top = masked_log_softmax(scores + r * vocab, vocab, mask_id, logp);
         int64_t drawn = 0;
         if (temperature == 0.0) {
-          double top = logp[0];
-          for (int64_t j = 1; j < vocab; ++j) {
-            if (logp[j] > top) {
-              top = logp[j];
-              drawn = j;
-            }
-          }
+          // argmax logp: its first maximum (0 for a NaN row, as torch's argmax of -inf)
+          drawn = vecmath::first_equal(logp, vocab, top);
+          if (drawn == vocab) drawn = 0;
         } else {
           double* tempered = sc.extra.data();
           for (int64_t j = 0; j < vocab; ++j) tempered[j] = logp[j] / temperature;

@@ -49,6 +49,8 @@ inline Vec log(Vec a) { return Sleef_logd8_u10avx512f(a); }
 inline Vec select_positive(Vec p, Vec v) {
   return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(p, _mm512_setzero_pd(), _CMP_GT_OQ), v);
 }
+// bit i set where lane i of a equals lane i of b
+inline uint32_t equal_mask(Vec a, Vec b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
 inline double reduce_add(Vec v) {
   alignas(64) double a[8];
   _mm512_store_pd(a, v);
@@ -95,6 +97,9 @@ inline Vec log(Vec a) { return Sleef_logd4_u10avx2(a); }
 inline Vec select_positive(Vec p, Vec v) {
   return _mm256_and_pd(_mm256_cmp_pd(p, _mm256_setzero_pd(), _CMP_GT_OQ), v);
 }
+inline uint32_t equal_mask(Vec a, Vec b) {
+  return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ)));
+}
 inline double reduce_add(Vec v) {
   alignas(32) double a[4];
   _mm256_store_pd(a, v);
@@ -130,6 +135,7 @@ inline Vec max(Vec a, Vec b) { return {a.v > b.v ? a.v : b.v}; }
 inline Vec exp(Vec a) { return {std::exp(a.v)}; }
 inline Vec log(Vec a) { return {std::log(a.v)}; }
 inline Vec select_positive(Vec p, Vec v) { return {p.v > 0.0 ? v.v : 0.0}; }
+inline uint32_t equal_mask(Vec a, Vec b) { return a.v == b.v ? 1u : 0u; }
 inline double reduce_add(Vec v) { return v.v; }
 inline double reduce_max(Vec v) { return v.v; }
 #include "vecmath_body.inc"
@@ -170,6 +176,7 @@ FASTDIFF_VECMATH_DISPATCH(exp_sum)
 FASTDIFF_VECMATH_DISPATCH(log_clamped_affine)
 FASTDIFF_VECMATH_DISPATCH(log_sum2)
 FASTDIFF_VECMATH_DISPATCH(add_log_clamped)
+FASTDIFF_VECMATH_DISPATCH(first_equal)
 FASTDIFF_VECMATH_DISPATCH(plogp_sum)
 #undef FASTDIFF_VECMATH_DISPATCH
 
