@@ -344,8 +344,12 @@ def test_tokens_do_not_depend_on_the_thread_count():
 def test_argmax_proposal_takes_the_first_maximum():
     """Temperature 0 with tied logits: the lowest column, as torch.argmax; the mask column never
     proposes even when its logit is the largest."""
-    logits = torch.tensor([[0.5, 2.0, 2.0, 9.0, 2.0], [3.0, 3.0, 1.0, 9.0, 3.0]])
-    x = torch.tensor([3, 3])
+    logits = torch.zeros(3, 40)
+    logits[:, 3] = 9.0  # the mask
+    logits[0, [1, 2, 30]] = 2.0
+    logits[1, [0, 1, 39]] = 3.0
+    logits[2, [13, 14, 15, 22]] = 1.0
+    x = torch.tensor([3, 3, 3])
     with fastdiff.use_backend("native"):
         xhat, _ = fastdiff.unmask_candidates(logits, x, mask_id=3)
-    assert xhat.tolist() == [1, 0]
+    assert xhat.tolist() == [1, 0, 13]
