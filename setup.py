@@ -24,12 +24,10 @@ import sys
 from setuptools import setup
 
 SOURCES = ["csrc/step_loop.cpp", *sorted(glob.glob("csrc/native/*.cpp"))]
-# -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so without it the
-# native kernels run on one thread; the libgomp it links is torch's (same soname, already
-# loaded), so torch.set_num_threads applies. -ffp-contract=off: no fused multiply-add, so the
+# -ffp-contract=off: no fused multiply-add, so the
 # native kernels round each operation as the PyTorch reference does; -fno-trapping-math /
 # -fno-math-errno let GCC vectorize their loops (neither changes a result).
-COMPILE_ARGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
+COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 REQUIRED = os.environ.get("FASTDIFF_REQUIRE_EXTENSION") == "1"
 
 
@@ -54,12 +52,20 @@ def _extension() -> dict:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return _skip(f"no C++ compiler ({compiler!r} not found)")
+    # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers, so without it the
+    # native kernels run on one thread; the libgomp.so.1 it links is the one torch has already
+    # loaded (same soname), so torch.set_num_threads applies.
+    import torch
+
+    openmp = (
+        ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform == "linux" else []
+    )
     ext = cpp_extension.CppExtension(
         "fastdiff._C",
         SOURCES,
-        extra_compile_args=COMPILE_ARGS,
-        extra_link_args=["-fopenmp"],
-        depends=sorted(glob.glob("csrc/native/*.h")),
+        extra_compile_args=[*COMPILE_ARGS, *openmp],
+        extra_link_args=openmp,
+        depends=sorted(glob.glob("csrc/native/*.h") + glob.glob("csrc/native/*.inc")),
     )
 
     class BuildExtension(cpp_extension.BuildExtension):

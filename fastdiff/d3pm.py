@@ -77,7 +77,7 @@ def _prepare(
     if (
         checks.value_checks_enabled()
         and model_output.numel()
-        and bool(torch.isneginf(model_output).all(-1).any())
+        and bool(torch.isneginf(model_output.amax(-1)).any())
     ):
         raise ValueError("model_output has a row whose entries are all -inf (no x0 possible)")
     return _Inputs(model_output.reshape(-1, vocab), x_t.reshape(-1), x_t.shape, device, vocab)

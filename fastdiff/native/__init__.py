@@ -11,13 +11,15 @@ gives the same tokens except where two keys tie within a few ulps, and Gaussian 
 the reference's within a few float64 ulps (``csrc/native/lanes.h``).
 
 Modules: :mod:`~fastdiff.native.sampling` (categorical draws), :mod:`~fastdiff.native.noising`
-(``corrupt``, ``corrupt_dense``), :mod:`~fastdiff.native.gaussian` (``q_sample``,
-``ddpm_step``, ``ddim_step``), and :mod:`~fastdiff.native.random`, the transforms of
-:mod:`fastdiff.random` as plain functions (not backend ops).
+(``corrupt``, ``corrupt_dense``), :mod:`~fastdiff.native.updates` (SEDD Euler / analytic /
+denoise, MDLM ancestral, the confidence proposal), :mod:`~fastdiff.native.d3pm` (the D3PM
+step), :mod:`~fastdiff.native.gaussian` (``q_sample``, ``ddpm_step``, ``ddim_step``), and
+:mod:`~fastdiff.native.random`, the transforms of :mod:`fastdiff.random` (``uniform`` and
+``normal`` also serve :func:`fastdiff.backend.draw_function`).
 
 Imported by :func:`fastdiff.backend.native_available` once ``fastdiff._C`` has loaded.
 """
 
 from __future__ import annotations
 
-from fastdiff.native import gaussian, noising, random, sampling  # noqa: F401  (registers)
+from fastdiff.native import d3pm, gaussian, noising, random, sampling, updates  # noqa: F401
