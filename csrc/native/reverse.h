@@ -3,8 +3,8 @@
 //
 // The loop is the native form of `_draw` in fastdiff/reference/updates.py: a row is active
 // when it is not fixed and (for the masked-only updates) holds the mask id; its log-weights
-// lw[V] are raced with race_row_fast (race_vec.h: race.h's race_row) keyed by the global row
-// index, the stay column taken out of its group when V > 256; a row whose log-weights are all -inf (or NaN) keeps its token.
+// lw[V] are raced with race.h's race_row keyed by the global row index, the stay column taken
+// out of its group when V > 256; a row whose log-weights are all -inf (or NaN) keeps its token.
 // Inactive rows are copied and never read.
 #pragma once
 
@@ -17,7 +17,7 @@
 
 #include "common.h"
 #include "race.h"
-#include "race_vec.h"
+#include "race.h"
 #include "vecmath.h"
 
 namespace fastdiff::native {
@@ -114,7 +114,7 @@ at::Tensor race_active_rows(const UpdateInputs& in, int64_t mask_id, int64_t see
       const int64_t stay = fill(r, scratch);
       double* lw = scratch.lw.data();
       dst[r] = vecmath::row_max(lw, vocab) > kNegInf
-                   ? race_row_fast(lw, vocab, s, r, stay, scratch.sums.data())
+                   ? race_row(lw, vocab, s, r, stay, scratch.sums.data())
                    : x[r];
     }
   });

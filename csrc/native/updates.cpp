@@ -223,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> unmask_candidates(const at::Tensor& logits,
         } else {
           double* tempered = sc.extra.data();
           for (int64_t j = 0; j < vocab; ++j) tempered[j] = logp[j] / temperature;
-          drawn = race_row_fast(tempered, vocab, s, r, -1, sc.sums.data());
+          drawn = race_row(tempered, vocab, s, r, -1, sc.sums.data());
         }
         double value;
         if (confidence == kProb) {
