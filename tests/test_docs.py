@@ -19,7 +19,7 @@ SPEC = ROOT / "docs" / "ops.md"
 THIS_FILE = pathlib.Path(__file__).resolve()
 
 # "ops.md" with an optional "#anchor"
-MENTION = re.compile(r"ops\.md(?:#(?P<anchor>[A-Za-z0-9_-]+))?")
+MENTION = re.compile(r"ops\.md\b(?:#(?P<anchor>[A-Za-z0-9_-]+))?")
 # a section number after a citation without anchor ("docs/ops.md 4e", "docs/ops.md, section 2")
 OLD_NUMBER = re.compile(r"[\s,]*(?:sections?|§)?\s*\d")
 # vague names of the document, and identifiers derived from its old name

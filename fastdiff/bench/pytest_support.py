@@ -25,6 +25,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from fastdiff import backend
 from fastdiff.bench import cases, runner
 from fastdiff.bench.cases import Case, Inputs
 from fastdiff.bench.shapes import CPU_DTYPES, GPU_DTYPES, Shape, dtype_name
@@ -35,6 +36,16 @@ TIER = "gpu" if DEVICE.type == "cuda" else "cpu"
 DTYPES = GPU_DTYPES if DEVICE.type == "cuda" else CPU_DTYPES
 
 
+def _providers(case: Case) -> list[str]:
+    """The case's providers, without ``native`` where it cannot apply: on a GPU, or for an op
+    that has no native kernel (when the extension is missing the benchmark stays, and its skip
+    says why)."""
+    no_native = DEVICE.type != "cpu" or (
+        backend.native_available() and case.kernel not in backend.registered_natives()
+    )
+    return [p for p in case.providers if not (p == "native" and no_native)]
+
+
 def params(family: str) -> list:
     """``pytest.param(case, shape, dtype, provider)`` for every benchmark of ``family``."""
     out = []
@@ -42,7 +53,7 @@ def params(family: str) -> list:
         smallest = case.shapes.smallest(TIER)
         for shape in case.shapes.tier(TIER):
             for dtype in filter(case.supports, DTYPES):
-                for provider in case.providers:
+                for provider in _providers(case):
                     large = shape != smallest or (provider == "compile" and DEVICE.type == "cpu")
                     marks = (pytest.mark.bench_large,) if large else ()
                     ident = f"{case.name}-{shape.id}-{dtype_name(dtype)}-{provider}"
