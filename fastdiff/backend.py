@@ -77,7 +77,13 @@ def get_backend() -> str:
         return stack[-1]
     if _global_choice is not None:
         return _global_choice
-    return _check_name(os.environ.get(ENV_VAR, "auto") or "auto")
+    return _env_choice(os.environ.get(ENV_VAR, "auto") or "auto")
+
+
+@functools.lru_cache(maxsize=8)
+def _env_choice(raw: str) -> str:
+    # the checked name of an environment value (cached: get_backend runs on every op call)
+    return _check_name(raw)
 
 
 @functools.lru_cache(maxsize=1)

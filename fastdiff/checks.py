@@ -240,8 +240,9 @@ def per_position(
                 "(a number, per sequence or per position), optionally followed by size-1 "
                 "dimensions (SEDD's [batch, 1])"
             )
-        t = t.reshape(shape)
-        t = t.reshape(t.shape + (1,) * (len(batch_shape) - k)).expand(batch_shape)
+        if tuple(t.shape) != tuple(batch_shape):  # (already the full shape: nothing to do)
+            t = t.reshape(shape)
+            t = t.reshape(t.shape + (1,) * (len(batch_shape) - k)).expand(batch_shape)
         check = value
     else:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -24,6 +24,9 @@ def _kernel(*args):
 @pytest.fixture
 def fake_kernel(monkeypatch):
     """Register a kernel for a made-up op (without touching the real registry)."""
+    # import the real kernels first, under the interpreter the root conftest sets: imported
+    # after the delenv below they would be compiled-mode kernels for the rest of the session
+    backend.registered_kernels()
     monkeypatch.setitem(backend._kernels, "fake_op", _kernel)
     monkeypatch.setattr(backend, "_global_choice", None)
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
