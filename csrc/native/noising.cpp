@@ -3,8 +3,8 @@
 // same tokens.
 //
 // - corrupt: absorbing / uniform noising, one Philox call per row (lanes.h, corrupt_rows).
-// - corrupt_dense: x_t ~ Cat(Qbar[x0, :]) by the grouped race (race.h) over the float64 log row
-//   log Qbar[m_i, x0_i, :], taken only where the race reads it; fixed rows keep x0.
+// - corrupt_dense: x_t ~ Cat(Qbar[x0, :]) by the grouped race (race.h) in the ratio domain over
+//   the float64 row Qbar[m_i, x0_i, :]; fixed rows keep x0.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -61,32 +61,16 @@ at::Tensor corrupt(const at::Tensor& x0, const at::Tensor& sigma,
   return out;
 }
 
-// log of the sum of w[0, n) in float64 (eight interleaved partial sums, then their sum).
-template <typename T>
-double log_sum(const T* w, int64_t n) {
-  double part[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    for (int k = 0; k < 8; ++k) part[k] += to_double(w[j + k]);
-  }
-  for (; j < n; ++j) part[0] += to_double(w[j]);
-  double sum = 0.0;
-  for (double p : part) sum += p;
-  return std::log(sum);
-}
-
-// x_t[i] = the grouped race over log Qbar[m_i, x0_i, :] (rows i < n, vocab columns); matrix m_i
-// is matrix_index[i] or 0; fixed rows keep x0. The log-weights are taken lazily, only for the
-// columns the race reads (all of them for V <= G, else the G columns of the winning group); the
-// group log-sums are log(sum w) of the float64 weights, which equals the reference's
-// log-sum-exp of the log-weights up to rounding (a different group wins only on a near-tie of
-// two group keys, probability about 2^-50).
+// x_t[i] = the race over the weights Qbar[m_i, x0_i, :] (rows i < n, vocab columns); matrix m_i
+// is matrix_index[i] or 0; fixed rows keep x0. The keys are the ratio keys w_j / E_j of race.h
+// (no log per column): the weights are probabilities (<= 1, rows summing to 1), so w / E can
+// neither overflow nor lose a positive weight, and the draw equals the reference's race over
+// log Qbar except where two keys tie within rounding.
 template <typename T>
 void corrupt_dense_rows(const T* q, int64_t vocab, const int64_t* x0, const int64_t* matrix,
                         const bool* fixed, int64_t n, const Stream& s, int64_t* out) {
-  const int64_t groups = num_groups(vocab);
   at::parallel_for(0, n, row_grain(vocab), [&](int64_t begin, int64_t end) {
-    std::vector<double> sums(groups);
+    std::vector<double> w(vocab), sums(num_groups(vocab));
     for (int64_t i = begin; i < end; ++i) {
       if (fixed != nullptr && fixed[i]) {
         out[i] = x0[i];
@@ -94,16 +78,8 @@ void corrupt_dense_rows(const T* q, int64_t vocab, const int64_t* x0, const int6
       }
       const int64_t m = matrix != nullptr ? matrix[i] : 0;
       const T* row = q + (m * vocab + x0[i]) * vocab;
-      auto lw = [row](int64_t j) { return std::log(to_double(row[j])); };
-      if (vocab <= kRaceGroup) {
-        out[i] = race_columns(lw, 0, vocab, s, i).index;
-        continue;
-      }
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t lo = g * kRaceGroup;
-        sums[g] = log_sum(row + lo, std::min(vocab, lo + kRaceGroup) - lo);
-      }
-      out[i] = race_grouped(lw, vocab, sums.data(), s, i, -1);
+      for (int64_t j = 0; j < vocab; ++j) w[j] = to_double(row[j]);
+      out[i] = race_row_ratio(w.data(), vocab, s, i, sums.data());
     }
   });
 }

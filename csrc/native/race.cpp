@@ -119,6 +119,14 @@ Best race_groups_ratio(const double* sums, int64_t groups, const Stream& s, int6
   return best;
 }
 
+int64_t race_row_ratio(const double* w, int64_t vocab, const Stream& s, int64_t row,
+                       double* scratch) {
+  if (vocab <= kRaceGroup) return race_span_ratio(w, 0, vocab, s, row).index;
+  group_sums(w, vocab, scratch);
+  const int64_t lo = race_groups_ratio(scratch, num_groups(vocab), s, row).index * kRaceGroup;
+  return race_span_ratio(w + lo, lo, std::min(vocab, lo + kRaceGroup), s, row).index;
+}
+
 FASTDIFF_CLONES
 void group_sums(const double* w, int64_t vocab, double* out) {
   constexpr int P = 8;

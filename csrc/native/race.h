@@ -57,6 +57,12 @@ Best race_span_ratio(const double* w, int64_t begin, int64_t end, const Stream& 
 Best race_groups_ratio(const double* sums, int64_t groups, const Stream& s, int64_t row);
 void group_sums(const double* w, int64_t vocab, double* out);
 
+// The whole race in the ratio domain over a row of weights w[vocab] >= 0 (scratch: num_groups
+// doubles, left holding the group totals when vocab > G): argmax w_j / E_j, by groups when
+// vocab > G.
+int64_t race_row_ratio(const double* w, int64_t vocab, const Stream& s, int64_t row,
+                       double* scratch);
+
 // out[j] = log x[j] (vmath.h's vlog, vectorized).
 void log_row(const double* x, int64_t n, double* out);
 

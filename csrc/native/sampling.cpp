@@ -73,20 +73,16 @@ void filter_row(double* lw, int64_t vocab, const Filters& f, double* p, double* 
 // w_drawn / sum w.
 int64_t draw_weights(const double* w, int64_t vocab, const Stream& s, int64_t row, double* sums,
                      double* prob) {
-  int64_t drawn;
-  double total = 0.0;
-  if (vocab <= kRaceGroup) {
-    drawn = race_span_ratio(w, 0, vocab, s, row).index;
-    if (prob != nullptr)
+  const int64_t drawn = race_row_ratio(w, vocab, s, row, sums);
+  if (prob != nullptr) {
+    double total = 0.0;
+    if (vocab <= kRaceGroup) {
       for (int64_t j = 0; j < vocab; ++j) total += w[j];
-  } else {
-    const int64_t groups = num_groups(vocab);
-    group_sums(w, vocab, sums);
-    const int64_t lo = race_groups_ratio(sums, groups, s, row).index * kRaceGroup;
-    drawn = race_span_ratio(w + lo, lo, std::min(vocab, lo + kRaceGroup), s, row).index;
-    for (int64_t g = 0; g < groups; ++g) total += sums[g];
+    } else {
+      for (int64_t g = 0; g < num_groups(vocab); ++g) total += sums[g];
+    }
+    *prob = w[drawn] / total;
   }
-  if (prob != nullptr) *prob = w[drawn] / total;
   return drawn;
 }
 
