@@ -107,18 +107,7 @@ def ddpm_step_native(
     ct, out, noise_ct, key = _step_inputs(
         model_output, x_t, model_output_uncond, guidance_scale, noise, seed
     )
-    alpha = abar / abar_prev
-    beta = (abar_prev - abar) / abar_prev
-    one_minus = 1.0 - abar
-    if prediction == "eps":
-        c_out = -beta / (one_minus.sqrt() * alpha.sqrt())
-        c_xt = 1.0 / alpha.sqrt()
-    else:
-        c_out = abar_prev.sqrt() * beta / one_minus
-        c_xt = alpha.sqrt() * (1.0 - abar_prev) / one_minus
-    var = beta if variance == "beta" else beta * (1.0 - abar_prev) / one_minus
-    var = torch.where(abar_prev == 1.0, torch.zeros_like(var), var)
-    coef = _columns(ct, c_xt, c_out, var.sqrt())
+    coef = _columns(ct, *ref.ddpm_coefficients(abar, abar_prev, prediction, variance))
     return ops.ddpm_step(out, x_t, coef, noise_ct, fixed, key, offset)
 
 
@@ -143,13 +132,7 @@ def ddim_step_native(
     ct, out, noise_ct, key = _step_inputs(
         model_output, x_t, model_output_uncond, guidance_scale, noise, seed
     )
-    one_minus, one_minus_prev = 1.0 - abar, 1.0 - abar_prev
-    if prediction == "eps":  # x0_hat = (x_t - c1 eps) c2
-        c1, c2 = one_minus.sqrt(), 1.0 / abar.sqrt()
-    else:  # eps = (x_t - c1 x0_hat) c2
-        c1, c2 = abar.sqrt(), 1.0 / one_minus.sqrt()
-    sig2 = eta.square() * one_minus_prev / one_minus * ((abar_prev - abar) / abar_prev)
-    dir2 = torch.clamp(one_minus_prev - sig2, min=0.0)
+    c1, c2, sig2, dir2 = ref.ddim_coefficients(abar, abar_prev, eta, prediction)
     stochastic = noise is not None or not bool((sig2 == 0).all())
     coef = _columns(ct, c1, c2, abar_prev.sqrt(), dir2.sqrt(), sig2.sqrt())
     return ops.ddim_step(

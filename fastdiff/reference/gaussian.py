@@ -120,6 +120,25 @@ def _step_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return compute_dtype(*(t.dtype for t in tensors if t is not None))
 
 
+def ddpm_coefficients(
+    abar: torch.Tensor, abar_prev: torch.Tensor, prediction: str, variance: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-row float64 coefficients ``(c_xt, c_out, sigma)`` of :func:`ddpm_step`:
+    ``x_{t-1} = c_xt x_t + c_out out + sigma z`` (formulas in its docstring)."""
+    alpha = abar / abar_prev
+    beta = (abar_prev - abar) / abar_prev
+    one_minus = 1.0 - abar
+    if prediction == "eps":
+        c_out = -beta / (one_minus.sqrt() * alpha.sqrt())
+        c_xt = 1.0 / alpha.sqrt()
+    else:
+        c_out = abar_prev.sqrt() * beta / one_minus
+        c_xt = alpha.sqrt() * (1.0 - abar_prev) / one_minus
+    var = beta if variance == "beta" else beta * (1.0 - abar_prev) / one_minus
+    var = torch.where(abar_prev == 1.0, torch.zeros_like(var), var)
+    return c_xt, c_out, var.sqrt()
+
+
 def ddpm_step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
@@ -152,21 +171,27 @@ def ddpm_step(
     ct = _step_dtype(model_output, x_t, model_output_uncond, noise)
     out = _model_output(model_output, model_output_uncond, guidance_scale, ct)
     xt = x_t.to(ct)
-    alpha = abar / abar_prev
-    beta = (abar_prev - abar) / abar_prev
-    one_minus = 1.0 - abar
-    if prediction == "eps":
-        c_out = -beta / (one_minus.sqrt() * alpha.sqrt())
-        c_xt = 1.0 / alpha.sqrt()
-    else:
-        c_out = abar_prev.sqrt() * beta / one_minus
-        c_xt = alpha.sqrt() * (1.0 - abar_prev) / one_minus
-    var = beta if variance == "beta" else beta * (1.0 - abar_prev) / one_minus
-    var = torch.where(abar_prev == 1.0, torch.zeros_like(var), var)
+    c_xt, c_out, sigma = ddpm_coefficients(abar, abar_prev, prediction, variance)
     if noise is None:
         noise = _std_normal(seed, offset, xt.shape[0], xt.shape[1], xt.device)
-    new = _col(c_xt, ct) * xt + _col(c_out, ct) * out + _col(var.sqrt(), ct) * noise.to(ct)
+    new = _col(c_xt, ct) * xt + _col(c_out, ct) * out + _col(sigma, ct) * noise.to(ct)
     return _keep_fixed(new.to(x_t.dtype), x_t, fixed)
+
+
+def ddim_coefficients(
+    abar: torch.Tensor, abar_prev: torch.Tensor, eta: torch.Tensor, prediction: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-row float64 coefficients ``(c1, c2, sig2, dir2)`` of :func:`ddim_step`: the
+    other prediction is ``(x_t - c1 out) c2`` (``x0_hat`` for ``"eps"``, ``eps`` for ``"x0"``),
+    ``sig2 = sig^2`` and ``dir2 = max(1 - abar' - sig^2, 0)``."""
+    one_minus, one_minus_prev = 1.0 - abar, 1.0 - abar_prev
+    if prediction == "eps":
+        c1, c2 = one_minus.sqrt(), 1.0 / abar.sqrt()
+    else:
+        c1, c2 = abar.sqrt(), 1.0 / one_minus.sqrt()
+    sig2 = eta.square() * one_minus_prev / one_minus * ((abar_prev - abar) / abar_prev)
+    dir2 = torch.clamp(one_minus_prev - sig2, min=0.0)
+    return c1, c2, sig2, dir2
 
 
 def ddim_step(
@@ -199,15 +224,9 @@ def ddim_step(
     ct = _step_dtype(model_output, x_t, model_output_uncond, noise)
     out = _model_output(model_output, model_output_uncond, guidance_scale, ct)
     xt = x_t.to(ct)
-    one_minus, one_minus_prev = 1.0 - abar, 1.0 - abar_prev
-    if prediction == "eps":
-        eps = out
-        x0_hat = (xt - _col(one_minus.sqrt(), ct) * eps) * _col(1.0 / abar.sqrt(), ct)
-    else:
-        x0_hat = out
-        eps = (xt - _col(abar.sqrt(), ct) * x0_hat) * _col(1.0 / one_minus.sqrt(), ct)
-    sig2 = eta.square() * one_minus_prev / one_minus * ((abar_prev - abar) / abar_prev)
-    dir2 = torch.clamp(one_minus_prev - sig2, min=0.0)
+    c1, c2, sig2, dir2 = ddim_coefficients(abar, abar_prev, eta, prediction)
+    other = (xt - _col(c1, ct) * out) * _col(c2, ct)
+    x0_hat, eps = (other, out) if prediction == "eps" else (out, other)
     new = _col(abar_prev.sqrt(), ct) * x0_hat + _col(dir2.sqrt(), ct) * eps
     if noise is not None or not bool((sig2 == 0).all()):  # deterministic DDIM draws nothing
         if noise is None:
