@@ -98,25 +98,46 @@ void exponentials(const Stream& s, int64_t row, int64_t begin, int64_t count, bo
   noise_run<true>(s, row, begin, count, groups, out);
 }
 
-Best race_span_ratio(const double* w, int64_t begin, int64_t end, const Stream& s, int64_t row) {
+namespace {
+
+// The race of a span of columns [begin, end) (begin even, at most G columns; v points at column
+// begin) or of the groups [0, groups): argmax of the keys v / E (Ratio: weights) or
+// v + (-log E) (log-weights), lowest index on ties.
+template <bool Ratio>
+Best race_run(const double* v, int64_t begin, int64_t count, bool groups, const Stream& s,
+              int64_t row) {
   double noise[kRaceGroup];
-  const int64_t count = end - begin;
-  exponentials(s, row, begin, count, false, noise);
   Best best;
   best.index = begin;
-  for (int64_t j = 0; j < count; ++j) best.offer(w[j] / noise[j], begin + j);
+  for (int64_t done = 0; done < count; done += kRaceGroup) {
+    const int64_t n = std::min<int64_t>(kRaceGroup, count - done);
+    if (Ratio) {
+      exponentials(s, row, begin + done, n, groups, noise);
+      for (int64_t j = 0; j < n; ++j) best.offer(v[done + j] / noise[j], begin + done + j);
+    } else {
+      neg_log_exponentials(s, row, begin + done, n, groups, noise);
+      for (int64_t j = 0; j < n; ++j) best.offer(v[done + j] + noise[j], begin + done + j);
+    }
+  }
   return best;
 }
 
+}  // namespace
+
+Best race_span(const double* lw, int64_t begin, int64_t end, const Stream& s, int64_t row) {
+  return race_run<false>(lw, begin, end - begin, false, s, row);
+}
+
+Best race_span_ratio(const double* w, int64_t begin, int64_t end, const Stream& s, int64_t row) {
+  return race_run<true>(w, begin, end - begin, false, s, row);
+}
+
+Best race_groups(const double* log_sums, int64_t groups, const Stream& s, int64_t row) {
+  return race_run<false>(log_sums, 0, groups, true, s, row);
+}
+
 Best race_groups_ratio(const double* sums, int64_t groups, const Stream& s, int64_t row) {
-  double noise[kRaceGroup];
-  Best best;
-  for (int64_t g0 = 0; g0 < groups; g0 += kRaceGroup) {
-    const int64_t n = std::min<int64_t>(kRaceGroup, groups - g0);
-    exponentials(s, row, g0, n, true, noise);
-    for (int64_t g = 0; g < n; ++g) best.offer(sums[g0 + g] / noise[g], g0 + g);
-  }
-  return best;
+  return race_run<true>(sums, 0, groups, true, s, row);
 }
 
 int64_t race_row_ratio(const double* w, int64_t vocab, const Stream& s, int64_t row,
@@ -147,16 +168,6 @@ void group_sums(const double* w, int64_t vocab, double* out) {
 FASTDIFF_CLONES
 void log_row(const double* x, int64_t n, double* out) {
   for (int64_t j = 0; j < n; ++j) out[j] = vlog(x[j]);
-}
-
-Best race_span(const double* lw, int64_t begin, int64_t end, const Stream& s, int64_t row) {
-  double noise[kRaceGroup];
-  const int64_t count = end - begin;
-  neg_log_exponentials(s, row, begin, count, false, noise);
-  Best best;
-  best.index = begin;
-  for (int64_t j = 0; j < count; ++j) best.offer(lw[j] + noise[j], begin + j);
-  return best;
 }
 
 namespace {
@@ -198,17 +209,6 @@ void group_log_sums(const double* lw, int64_t vocab, int64_t stay, double* out) 
       out[g] = log_sum_exp(lw + lo, hi - lo);
     }
   }
-}
-
-Best race_groups(const double* log_sums, int64_t groups, const Stream& s, int64_t row) {
-  double noise[kRaceGroup];
-  Best best;
-  for (int64_t g0 = 0; g0 < groups; g0 += kRaceGroup) {
-    const int64_t n = std::min<int64_t>(kRaceGroup, groups - g0);
-    neg_log_exponentials(s, row, g0, n, true, noise);
-    for (int64_t g = 0; g < n; ++g) best.offer(log_sums[g0 + g] + noise[g], g0 + g);
-  }
-  return best;
 }
 
 }  // namespace fastdiff::native
